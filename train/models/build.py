@@ -1,0 +1,230 @@
+"""build_student / load_student / save_student: the student model and its processor, in and out of disk."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from transformers import AutoTokenizer, GlmAsrConfig, WhisperFeatureExtractor
+
+from train.config import ModelConfig, PromptConfig, TokensConfig, config_from_dict, load_config
+from train.models import ark_layout
+from train.models.processor import PROMPT_FILE, ArkProcessor, make_feature_extractor
+from train.models.student import StudentForConditionalGeneration, glmasr_config, merge_factor_of
+from train.models.tokenizer import build_qwen25_ark_tokenizer
+from train.models.weights import load_subset, raise_on_loading_info, read_config_json, read_weights
+
+ENCODER_PREFIXES = ("model.audio_tower.", "model.multi_modal_projector.")
+DECODER_PREFIXES = ("model.language_model.", "lm_head.")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _as_model_config(cfg: ModelConfig | dict | str | Path) -> ModelConfig:
+    if isinstance(cfg, ModelConfig):
+        return cfg
+    if isinstance(cfg, dict):
+        return config_from_dict(ModelConfig, cfg)
+    return load_config(ModelConfig, cfg)
+
+
+def build_student(cfg: ModelConfig | dict | str | Path):
+    """(model, processor) from a model config: random init, or weights from `init_*_from` dirs."""
+    cfg = _as_model_config(cfg)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer) if cfg.tokenizer else build_qwen25_ark_tokenizer()
+    if len(tokenizer) > cfg.decoder.vocab_size:
+        raise ValueError(f"decoder.vocab_size={cfg.decoder.vocab_size} is smaller than the tokenizer ({len(tokenizer)})")
+    processor = ArkProcessor(tokenizer, make_feature_extractor(cfg.encoder.num_mel_bins), cfg.tokens, cfg.prompt,
+                             cfg.adapter.merge_factor)
+    config = glmasr_config(cfg, processor.eos_token_ids, tokenizer.pad_token_id)
+    model = StudentForConditionalGeneration._from_config(
+        config, attn_implementation=cfg.attn_implementation, dtype=DTYPES[cfg.dtype])
+    if cfg.init_encoder_from:
+        _init_encoder_from(model, cfg, cfg.init_encoder_from)
+    if cfg.init_decoder_from:
+        _init_decoder_from(model, cfg, cfg.init_decoder_from)
+    return configure_training(model, cfg), processor
+
+
+def _init_encoder_from(model, cfg: ModelConfig, path: str) -> None:
+    """Encoder + adapter weights from an ARK, GlmAsr or ark-opd checkpoint dir."""
+    source = read_config_json(path)
+    weights = read_weights(path)
+    if source.get("model_type") == "arkasr":
+        encoder_keys = {k: v for k, v in weights.items() if k.startswith("audio_encoder.")}
+        mapped = ark_layout.ark_to_glmasr_state_dict(encoder_keys, cfg.encoder)
+    elif source.get("model_type") == "glmasr":
+        # Older GlmAsr exports lack the leading `model.`: key on the module names themselves.
+        mapped = {}
+        for key, value in weights.items():
+            m = re.search(r"(audio_tower\.|multi_modal_projector\.)(.*)$", key)
+            if m:
+                mapped[f"model.{m.group(1)}{m.group(2)}"] = value
+    else:
+        raise ValueError(f"{path}/config.json: model_type {source.get('model_type')!r} has no audio encoder "
+                         "we can read (expected 'arkasr' or 'glmasr')")
+    load_subset(model, mapped, ENCODER_PREFIXES, f"init_encoder_from={path}")
+
+
+def _init_decoder_from(model, cfg: ModelConfig, path: str) -> None:
+    """Decoder weights from a Qwen2/Qwen3 causal-LM checkpoint dir."""
+    source = read_config_json(path)
+    if source.get("model_type") != cfg.decoder.arch:
+        raise ValueError(f"init_decoder_from={path}: model_type is {source.get('model_type')!r}, "
+                         f"decoder.arch is {cfg.decoder.arch!r}")
+    theta = (source.get("rope_parameters") or {}).get("rope_theta", source.get("rope_theta"))
+    if theta is not None and float(theta) != cfg.decoder.rope_theta:
+        raise ValueError(f"init_decoder_from={path}: rope_theta is {theta}, decoder.rope_theta is "
+                         f"{cfg.decoder.rope_theta}")
+    mapped = {}
+    for key, value in read_weights(path).items():
+        if key.startswith("model."):
+            mapped["model.language_model." + key[len("model."):]] = value
+        elif key.startswith("lm_head."):
+            if not cfg.decoder.tie_word_embeddings:
+                mapped[key] = value
+        else:
+            mapped[key] = value  # reported as unexpected
+    tied = {"lm_head.weight"} if cfg.decoder.tie_word_embeddings else set()
+    load_subset(model, mapped, DECODER_PREFIXES, f"init_decoder_from={path}", may_be_missing=tied)
+
+
+def configure_training(model, cfg: ModelConfig):
+    """Freeze or train encoder / adapter / decoder as configured; wrap the decoder in LoRA if enabled."""
+    model.model.audio_tower.requires_grad_(cfg.train_encoder)
+    model.model.multi_modal_projector.requires_grad_(cfg.train_adapter)
+    model.model.language_model.requires_grad_(cfg.train_decoder)
+    model.lm_head.requires_grad_(cfg.train_decoder)
+    if not cfg.lora.enabled:
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    names = "|".join(re.escape(m) for m in cfg.lora.target_modules)
+    lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout, bias="none",
+                      target_modules=rf".*language_model\..*\.({names})$")
+    peft_model = get_peft_model(model, lora)
+    # peft freezes every base weight; the adapter (and the encoder, if asked) still train in full.
+    model.model.multi_modal_projector.requires_grad_(cfg.train_adapter)
+    model.model.audio_tower.requires_grad_(cfg.train_encoder)
+    return peft_model
+
+
+def model_config_from_glmasr(config: GlmAsrConfig, tokens: TokensConfig, prompt: PromptConfig) -> ModelConfig:
+    """Our ModelConfig back from a transformers GlmAsrConfig (the inverse of `glmasr_config`)."""
+    a, t = config.audio_config, config.text_config
+    rope_a, rope_t = a.rope_parameters, t.rope_parameters
+    return config_from_dict(ModelConfig, {
+        "encoder": {"hidden_size": a.hidden_size, "num_layers": a.num_hidden_layers,
+                    "num_heads": a.num_attention_heads, "ffn_dim": a.intermediate_size,
+                    "num_mel_bins": a.num_mel_bins, "rope_theta": rope_a["rope_theta"],
+                    "partial_rotary_factor": rope_a.get("partial_rotary_factor", 0.5),
+                    "max_positions": a.max_position_embeddings},
+        "adapter": {"merge_factor": merge_factor_of(config), "hidden_size": 2 * t.hidden_size,
+                    "activation": config.projector_hidden_act},
+        "decoder": {"arch": t.model_type, "vocab_size": t.vocab_size, "hidden_size": t.hidden_size,
+                    "intermediate_size": t.intermediate_size, "num_layers": t.num_hidden_layers,
+                    "num_heads": t.num_attention_heads, "num_kv_heads": t.num_key_value_heads,
+                    "head_dim": getattr(t, "head_dim", None) if t.model_type == "qwen3" else None,
+                    "rope_theta": rope_t["rope_theta"], "max_position_embeddings": t.max_position_embeddings,
+                    "rms_norm_eps": t.rms_norm_eps, "tie_word_embeddings": bool(config.tie_word_embeddings)},
+        "tokens": {"audio_token_id": config.audio_token_id, "block_from_id": tokens.block_from_id,
+                   "eos_tokens": list(tokens.eos_tokens)},
+        "prompt": {"instruction": prompt.instruction, "language_instruction": prompt.language_instruction},
+    })
+
+
+def _load_tokenizer(path: Path):
+    # Never trust_remote_code: a checkpoint whose tokenizer class is remote still ships tokenizer.json.
+    try:
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    except (ValueError, OSError):
+        from transformers import PreTrainedTokenizerFast
+
+        if not (path / "tokenizer.json").exists():
+            raise
+        return PreTrainedTokenizerFast(tokenizer_file=str(path / "tokenizer.json"))
+
+
+def _load_processor(path: Path, audio_token_id: int, num_mel_bins: int, merge_factor: int) -> ArkProcessor:
+    tokenizer = _load_tokenizer(path)
+    if (path / "preprocessor_config.json").exists():
+        feature_extractor = WhisperFeatureExtractor.from_pretrained(path)
+    else:
+        feature_extractor = make_feature_extractor(num_mel_bins)
+    tokens, prompt = TokensConfig(audio_token_id=audio_token_id), PromptConfig()
+    if (path / PROMPT_FILE).exists():
+        saved = json.loads((path / PROMPT_FILE).read_text())
+        tokens = config_from_dict(TokensConfig, saved["tokens"])
+        prompt = config_from_dict(PromptConfig, saved["prompt"])
+    # The checkpoint's own audio token id wins over anything remembered elsewhere.
+    tokens = replace(tokens, audio_token_id=audio_token_id)
+    return ArkProcessor(tokenizer, feature_extractor, tokens, prompt, merge_factor)
+
+
+def load_student(path: str | Path, dtype: str | torch.dtype | None = None, attn_implementation: str = "sdpa",
+                 device: str | torch.device | None = None):
+    """(model, processor) from an ark-opd / GlmAsr HF directory or a released ARK-layout directory."""
+    path = Path(path)
+    raw = read_config_json(path)
+    torch_dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    if raw.get("model_type") == "arkasr":
+        cfg = ark_layout.model_config_from_ark(raw, where=str(path / "config.json"))
+        processor = _load_processor(path, cfg.tokens.audio_token_id, cfg.encoder.num_mel_bins,
+                                    cfg.adapter.merge_factor)
+        cfg = replace(cfg, tokens=replace(processor.tokens, block_from_id=cfg.tokens.block_from_id))
+        config = glmasr_config(cfg, processor.eos_token_ids, processor.tokenizer.pad_token_id)
+        state_dict = ark_layout.ark_to_glmasr_state_dict(read_weights(path), cfg.encoder)
+        model, info = StudentForConditionalGeneration.from_pretrained(
+            None, config=config, state_dict=state_dict, output_loading_info=True,
+            attn_implementation=attn_implementation, dtype=torch_dtype)
+    elif raw.get("model_type") == "glmasr":
+        config = GlmAsrConfig.from_pretrained(path)
+        processor = _load_processor(path, config.audio_token_id, config.audio_config.num_mel_bins,
+                                    merge_factor_of(config))
+        model, info = StudentForConditionalGeneration.from_pretrained(
+            path, output_loading_info=True, attn_implementation=attn_implementation, dtype=torch_dtype)
+    else:
+        raise ValueError(f"{path}/config.json: model_type {raw.get('model_type')!r} is neither 'glmasr' nor 'arkasr'")
+    raise_on_loading_info(info, str(path))
+    model.eval()
+    if device is not None:
+        model.to(device)
+    return model, processor
+
+
+def _plain_model(model):
+    """The underlying GlmAsr model, with LoRA merged into a copy if the model is a peft wrapper."""
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        return copy.deepcopy(model).merge_and_unload()
+    return model
+
+
+def save_student(model, processor: ArkProcessor, path: str | Path, layout: str = "hf") -> Path:
+    """Write a checkpoint dir that `load_student` reads: layout "hf" (GlmAsr, plain transformers can load
+    it) or "ark" (the released ARK-ASR layout)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model = _plain_model(model)
+    if layout == "hf":
+        model.config.architectures = ["GlmAsrForConditionalGeneration"]
+        model.save_pretrained(path)
+    elif layout == "ark":
+        cfg = model_config_from_glmasr(model.config, processor.tokens, processor.prompt_cfg)
+        cfg = replace(cfg, dtype=str(model.dtype).removeprefix("torch."))
+        ark_sd = ark_layout.glmasr_to_ark_state_dict(
+            {k: v.detach().cpu() for k, v in model.state_dict().items()}, cfg.encoder)
+        # Tied lm_head and embeddings share storage; safetensors needs them as separate tensors.
+        save_file({k: v.clone() for k, v in ark_sd.items()}, path / "model.safetensors", metadata={"format": "pt"})
+        ark_cfg = ark_layout.ark_config_from_model_config(cfg, processor.eos_token_ids,
+                                                          processor.tokenizer.pad_token_id)
+        (path / "config.json").write_text(json.dumps(ark_cfg, indent=2) + "\n")
+    else:
+        raise ValueError(f"layout must be 'hf' or 'ark', got {layout!r}")
+    processor.save_pretrained(path)
+    return path

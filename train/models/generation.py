@@ -1,0 +1,100 @@
+"""Batched decoding with the KV cache: greedy or sampled, left-padded prompts, the ASR token filter.
+
+Written as a plain loop rather than `model.generate` because we need, per step, the filtered
+log-probability of the chosen token, and explicit position ids for left-padded rows (transformers'
+`generate` leaves position ids to the model, which counts padding as positions). Temperature and
+top-p come from transformers' own logits warpers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
+
+from train.models.token_filter import apply_token_filter
+
+
+@dataclass
+class Generated:
+    """tokens_B_T: new ids (pad after EOS); logprobs_B_T: log p(token) under the model's filtered
+    distribution at temperature 1 (0 where masked); mask_B_T: True up to and including EOS."""
+
+    tokens_B_T: torch.Tensor
+    logprobs_B_T: torch.Tensor
+    mask_B_T: torch.Tensor
+
+    @property
+    def lengths_B(self) -> torch.Tensor:
+        return self.mask_B_T.sum(-1)
+
+
+def left_padded_positions(attention_mask_B_T: torch.Tensor) -> torch.Tensor:
+    """Position ids that start at 0 on each row's first real token, whatever its left padding."""
+    return (attention_mask_B_T.long().cumsum(-1) - 1).clamp(min=0)
+
+
+@torch.no_grad()
+def generate(model, batch: dict[str, torch.Tensor], allowed_V: torch.Tensor, eos_token_ids: list[int],
+             pad_token_id: int, max_new_tokens: int = 256, do_sample: bool = False, temperature: float = 1.0,
+             top_p: float = 1.0, generator: torch.Generator | None = None) -> Generated:
+    """Decode up to `max_new_tokens` for each prompt in `batch` (the processor's left-padded output)."""
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if do_sample and temperature <= 0:
+        raise ValueError(f"temperature must be > 0 when sampling, got {temperature}")
+    device = batch["input_ids"].device
+    attn_B_S = batch["attention_mask"]
+    positions_B_S = left_padded_positions(attn_B_S)
+    eos_ids = torch.tensor(sorted(set(eos_token_ids)), device=device)
+    warpers = []
+    if do_sample and temperature != 1.0:
+        warpers.append(TemperatureLogitsWarper(temperature))
+    if do_sample and top_p < 1.0:
+        warpers.append(TopPLogitsWarper(top_p))
+
+    out = model(input_ids=batch["input_ids"], input_features=batch["input_features"],
+                input_features_mask=batch["input_features_mask"], attention_mask=attn_B_S,
+                position_ids=positions_B_S, use_cache=True, logits_to_keep=1)
+    cache, next_pos_B = out.cache, positions_B_S[:, -1] + 1
+    logits_B_V = out.logits[:, -1].float()
+    batch_size = logits_B_V.shape[0]
+    finished_B = torch.zeros(batch_size, dtype=torch.bool, device=device)
+    tokens, logprobs, masks = [], [], []
+    for step in range(max_new_tokens):
+        filtered_B_V = apply_token_filter(logits_B_V, allowed_V)
+        logp_B_V = torch.log_softmax(filtered_B_V, dim=-1)
+        if do_sample:
+            scores_B_V = filtered_B_V
+            for warp in warpers:
+                scores_B_V = warp(None, scores_B_V)
+            probs_B_V = torch.softmax(scores_B_V, dim=-1)
+            next_B = torch.multinomial(probs_B_V, 1, generator=generator).squeeze(-1)
+        else:
+            next_B = filtered_B_V.argmax(-1)
+        live_B = ~finished_B
+        next_B = torch.where(live_B, next_B, torch.full_like(next_B, pad_token_id))
+        tokens.append(next_B)
+        logprobs.append(torch.where(live_B, logp_B_V.gather(-1, next_B[:, None]).squeeze(-1), 0.0))
+        masks.append(live_B)
+        finished_B = finished_B | torch.isin(next_B, eos_ids)
+        if bool(finished_B.all()) or step == max_new_tokens - 1:
+            break
+        attn_B_S = torch.cat([attn_B_S, torch.ones_like(attn_B_S[:, :1])], dim=-1)
+        out = model(input_ids=next_B[:, None], attention_mask=attn_B_S, position_ids=next_pos_B[:, None],
+                    cache=cache, use_cache=True)
+        cache, next_pos_B = out.cache, next_pos_B + 1
+        logits_B_V = out.logits[:, -1].float()
+    return Generated(torch.stack(tokens, 1), torch.stack(logprobs, 1), torch.stack(masks, 1))
+
+
+def transcribe(model, processor, audios, languages=None, max_new_tokens: int = 256, **sampling) -> list[str]:
+    """Text for each 16 kHz mono clip: one batched decode (greedy unless `do_sample=True`)."""
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    batch = processor(audios, languages)
+    batch = {k: (v.to(device, dtype) if v.is_floating_point() else v.to(device)) for k, v in batch.items()}
+    out = generate(model, batch, processor.allowed_token_mask(model.config.text_config.vocab_size),
+                   processor.eos_token_ids, processor.tokenizer.pad_token_id, max_new_tokens, **sampling)
+    return [processor.decode(row[mask].tolist()) for row, mask in zip(out.tokens_B_T, out.mask_B_T)]

@@ -1,0 +1,85 @@
+"""Reading checkpoint weights from a directory, and loading a subset of them strictly.
+
+Only safetensors or `torch.load(weights_only=True)`: a checkpoint can never run code on load.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint dir: model.safetensors, a sharded safetensors index, or pytorch_model.bin."""
+    path = Path(path)
+    if (path / "model.safetensors").exists():
+        return load_file(path / "model.safetensors")
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        out: dict[str, torch.Tensor] = {}
+        for shard in shards:
+            out.update(load_file(path / shard))
+        return out
+    if (path / "pytorch_model.bin").exists():
+        return torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    raise FileNotFoundError(f"{path}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
+
+
+def read_config_json(path: str | Path) -> dict:
+    file = Path(path) / "config.json"
+    if not file.exists():
+        raise FileNotFoundError(f"{file}: not found; a checkpoint directory needs its config.json")
+    return json.loads(file.read_text())
+
+
+def _listing(keys, limit: int = 12) -> str:
+    keys = sorted(keys)
+    more = f" ... and {len(keys) - limit} more" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def check_weights(expected: dict[str, torch.Size], found: dict[str, torch.Size], where: str,
+                  may_be_missing: set[str] = frozenset()) -> None:
+    """Raise naming every missing, unexpected or wrongly shaped weight: never load half-random."""
+    missing = set(expected) - set(found) - set(may_be_missing)
+    unexpected = set(found) - set(expected)
+    mismatched = [f"{k} {tuple(found[k])} != {tuple(expected[k])}" for k in sorted(set(found) & set(expected))
+                  if tuple(found[k]) != tuple(expected[k])]
+    problems = []
+    if missing:
+        problems.append(f"missing weights: {_listing(missing)}")
+    if unexpected:
+        problems.append(f"unexpected weights: {_listing(unexpected)}")
+    if mismatched:
+        problems.append(f"wrong shapes (checkpoint != model): {_listing(mismatched)}")
+    if problems:
+        raise ValueError(f"{where}: " + "; ".join(problems))
+
+
+def raise_on_loading_info(info: dict, where: str) -> None:
+    """transformers' `from_pretrained(..., output_loading_info=True)` fills missing weights with random
+    values and only logs it; turn any missing, unexpected or mismatched weight into an error."""
+    problems = []
+    if info.get("missing_keys"):
+        problems.append(f"missing weights: {_listing(info['missing_keys'])}")
+    if info.get("unexpected_keys"):
+        problems.append(f"unexpected weights: {_listing(info['unexpected_keys'])}")
+    if info.get("mismatched_keys"):
+        problems.append(f"wrong shapes: {_listing(str(m) for m in info['mismatched_keys'])}")
+    if problems:
+        raise ValueError(f"{where}: " + "; ".join(problems))
+
+
+def load_subset(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], prefixes: tuple[str, ...],
+                where: str, may_be_missing: set[str] = frozenset()) -> None:
+    """Copy `state_dict` into the model's weights under `prefixes`, which it must match exactly."""
+    own = {k: v for k, v in model.state_dict().items() if k.startswith(prefixes)}
+    check_weights({k: v.shape for k, v in own.items()}, {k: v.shape for k, v in state_dict.items()}, where,
+                  may_be_missing)
+    with torch.no_grad():
+        for key, value in state_dict.items():
+            own[key].copy_(value)
