@@ -51,12 +51,14 @@ class ArkProcessor:
         self.prompt_cfg = prompt or PromptConfig()
         self.merge_factor = merge_factor
         self.audio_token_id = self.tokens.audio_token_id
-        self.audio_token = tokenizer.convert_ids_to_tokens(self.audio_token_id)
+        added = tokenizer.added_tokens_decoder
+        if self.audio_token_id not in added:
+            raise ValueError(f"tokens.audio_token_id={self.audio_token_id} is not an added special token of the "
+                             "tokenizer (the placeholder must be one token that text never produces)")
+        self.audio_token = added[self.audio_token_id].content
         for name in ("<|user|>", "<|begin_of_audio|>", "<|end_of_audio|>", "<|assistant|>", "<|im_end|>"):
             if tokenizer.convert_tokens_to_ids(name) in (None, tokenizer.unk_token_id):
                 raise ValueError(f"tokenizer has no special token {name}; the ARK prompt needs it")
-        if self.audio_token is None or tokenizer.convert_tokens_to_ids(self.audio_token) != self.audio_token_id:
-            raise ValueError(f"tokens.audio_token_id={self.audio_token_id} is not a token of the tokenizer")
         self.eos_token_ids = sorted({tokenizer.convert_tokens_to_ids(t) for t in self.tokens.eos_tokens}
                                     | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()))
 
