@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 from transformers import AutoTokenizer, GlmAsrConfig, WhisperFeatureExtractor
+from transformers.utils import logging as hf_logging
 
 from train.config import ModelConfig, PromptConfig, TokensConfig, config_from_dict, load_config
 from train.models import ark_layout
@@ -32,8 +33,9 @@ def _as_model_config(cfg: ModelConfig | dict | str | Path) -> ModelConfig:
     return load_config(ModelConfig, cfg)
 
 
-def build_student(cfg: ModelConfig | dict | str | Path):
-    """(model, processor) from a model config: random init, or weights from `init_*_from` dirs."""
+def build_student(cfg: ModelConfig | dict | str | Path, device: str | torch.device | None = None):
+    """(model, processor) from a model config: random init, or weights from `init_*_from` dirs.
+    `device` builds the weights there directly (a 3B model initialises in seconds on a GPU)."""
     cfg = _as_model_config(cfg)
     tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer) if cfg.tokenizer else build_qwen25_ark_tokenizer()
     if len(tokenizer) > cfg.decoder.vocab_size:
@@ -41,8 +43,9 @@ def build_student(cfg: ModelConfig | dict | str | Path):
     processor = ArkProcessor(tokenizer, make_feature_extractor(cfg.encoder.num_mel_bins), cfg.tokens, cfg.prompt,
                              cfg.adapter.merge_factor)
     config = glmasr_config(cfg, processor.eos_token_ids, tokenizer.pad_token_id)
-    model = StudentForConditionalGeneration._from_config(
-        config, attn_implementation=cfg.attn_implementation, dtype=DTYPES[cfg.dtype])
+    with torch.device(device or "cpu"):
+        model = StudentForConditionalGeneration._from_config(
+            config, attn_implementation=cfg.attn_implementation, dtype=DTYPES[cfg.dtype])
     if cfg.init_encoder_from:
         _init_encoder_from(model, cfg, cfg.init_encoder_from)
     if cfg.init_decoder_from:
@@ -139,6 +142,10 @@ def model_config_from_glmasr(config: GlmAsrConfig, tokens: TokensConfig, prompt:
 
 def _load_tokenizer(path: Path):
     # Never trust_remote_code: a checkpoint whose tokenizer class is remote still ships tokenizer.json.
+    # AutoTokenizer also parses config.json; for an ARK dir (model_type "arkasr", unknown to
+    # transformers) it warns, then rightly falls back to tokenizer_config.json: keep that quiet.
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
     try:
         return AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     except (ValueError, OSError):
@@ -147,6 +154,8 @@ def _load_tokenizer(path: Path):
         if not (path / "tokenizer.json").exists():
             raise
         return PreTrainedTokenizerFast(tokenizer_file=str(path / "tokenizer.json"))
+    finally:
+        hf_logging.set_verbosity(verbosity)
 
 
 def _load_processor(path: Path, audio_token_id: int, num_mel_bins: int, merge_factor: int) -> ArkProcessor:
@@ -189,7 +198,8 @@ def load_student(path: str | Path, dtype: str | torch.dtype | None = None, attn_
             path, output_loading_info=True, attn_implementation=attn_implementation, dtype=torch_dtype)
     else:
         raise ValueError(f"{path}/config.json: model_type {raw.get('model_type')!r} is neither 'glmasr' nor 'arkasr'")
-    raise_on_loading_info(info, str(path))
+    file_name = ark_layout.glmasr_key_to_ark if raw.get("model_type") == "arkasr" else None
+    raise_on_loading_info(info, str(path), file_name)
     model.eval()
     if device is not None:
         model.to(device)
@@ -212,8 +222,12 @@ def save_student(model, processor: ArkProcessor, path: str | Path, layout: str =
     path.mkdir(parents=True, exist_ok=True)
     model = _plain_model(model)
     if layout == "hf":
-        model.config.architectures = ["GlmAsrForConditionalGeneration"]
         model.save_pretrained(path)
+        # transformers records our subclass's name; name the stock class so any tool can map it.
+        config_file = path / "config.json"
+        saved = json.loads(config_file.read_text())
+        saved["architectures"] = ["GlmAsrForConditionalGeneration"]
+        config_file.write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
     elif layout == "ark":
         cfg = model_config_from_glmasr(model.config, processor.tokens, processor.prompt_cfg)
         cfg = replace(cfg, dtype=str(model.dtype).removeprefix("torch."))

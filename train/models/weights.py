@@ -60,12 +60,14 @@ def check_weights(expected: dict[str, torch.Size], found: dict[str, torch.Size],
         raise ValueError(f"{where}: " + "; ".join(problems))
 
 
-def raise_on_loading_info(info: dict, where: str) -> None:
+def raise_on_loading_info(info: dict, where: str, file_name=None) -> None:
     """transformers' `from_pretrained(..., output_loading_info=True)` fills missing weights with random
-    values and only logs it; turn any missing, unexpected or mismatched weight into an error."""
+    values and only logs it; turn any missing, unexpected or mismatched weight into an error.
+    `file_name` maps a model key to its name in the checkpoint file, where the two differ."""
     problems = []
     if info.get("missing_keys"):
-        problems.append(f"missing weights: {_listing(info['missing_keys'])}")
+        named = (f"{file_name(k)} (model: {k})" if file_name else k for k in info["missing_keys"])
+        problems.append(f"missing weights: {_listing(named)}")
     if info.get("unexpected_keys"):
         problems.append(f"unexpected weights: {_listing(info['unexpected_keys'])}")
     if info.get("mismatched_keys"):

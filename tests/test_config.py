@@ -1,0 +1,54 @@
+"""Config loading: YAML + dotted overrides, unknown keys and bad values fail naming the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from train.config import ConfigError, ModelConfig, config_to_yaml, load_config
+
+
+def test_yaml_then_overrides(tmp_path):
+    path = tmp_path / "m.yaml"
+    path.write_text("encoder:\n  num_layers: 3\ndecoder:\n  arch: qwen3\n  head_dim: 64\n")
+    cfg = load_config(ModelConfig, path, ["encoder.num_layers=5", "lora.enabled=true",
+                                          "tokens.eos_tokens=[<|im_end|>]"])
+    assert cfg.encoder.num_layers == 5 and cfg.decoder.arch == "qwen3" and cfg.decoder.head_dim == 64
+    assert cfg.lora.enabled and cfg.tokens.eos_tokens == ["<|im_end|>"]
+    assert isinstance(cfg.lora.target_modules, list)
+
+
+def test_round_trip_through_yaml(tmp_path):
+    cfg = load_config(ModelConfig, None, ["encoder.num_layers=3"])
+    path = tmp_path / "out.yaml"
+    path.write_text(config_to_yaml(cfg))
+    assert load_config(ModelConfig, path) == cfg
+
+
+@pytest.mark.parametrize("override, key", [
+    ("encoder.num_layer=3", "encoder.num_layer"),
+    ("encoder.num_layers=three", "encoder.num_layers"),
+    ("adapter.merge_factor=0", "adapter.merge_factor"),
+    ("adapter.hidden_size=100", "adapter.hidden_size"),
+    ("tokens.audio_token_id=151936", "tokens.audio_token_id"),
+    ("tokens.block_from_id=0", "tokens.block_from_id"),
+    ("decoder.num_kv_heads=3", "decoder.num_kv_heads"),
+    ("encoder.partial_rotary_factor=0.3", "encoder.partial_rotary_factor"),
+    ("prompt.language_instruction=Transcribe.", "prompt.language_instruction"),
+    ("attn_implementation=flash", "attn_implementation"),
+    ("lora.r=0", "lora.r"),
+])
+def test_bad_values_name_their_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(ModelConfig, None, [override])
+
+
+def test_override_without_equals_sign():
+    with pytest.raises(ConfigError, match="expected key=value"):
+        load_config(ModelConfig, None, ["encoder.num_layers"])
+
+
+def test_error_names_the_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("decoder:\n  vocab: 10\n")
+    with pytest.raises(ConfigError, match=r"decoder\.vocab in .*bad\.yaml"):
+        load_config(ModelConfig, path)

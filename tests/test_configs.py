@@ -1,0 +1,27 @@
+"""Every YAML under configs/ parses and validates against its schema."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from train.config import ModelConfig, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMAS = {"models": ModelConfig}
+ALL_YAML = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if "accelerate" not in p.parts)
+
+
+def test_every_config_folder_has_a_schema():
+    assert ALL_YAML, "no configs found"
+    for path in ALL_YAML:
+        assert path.parent.name in SCHEMAS, f"{path}: no schema registered for configs/{path.parent.name}/"
+
+
+@pytest.mark.parametrize("path", ALL_YAML, ids=lambda p: str(p.relative_to(ROOT)))
+def test_config_validates(path):
+    load_config(SCHEMAS[path.parent.name], path)
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("#"), f"{path}: should open with a comment saying what it is and how to run it"
+    assert "python" in path.read_text().split("\n\n")[0], f"{path}: the opening comment gives the command"
