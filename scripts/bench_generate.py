@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
@@ -45,7 +44,7 @@ def _decode(model, processor, clips, device, dtype, new_tokens):
     allowed = processor.allowed_token_mask(model.config.text_config.vocab_size)
     batch = _to(processor(clips), device, dtype)
     # No EOS ids: every row decodes exactly `new_tokens` tokens.
-    return generate(model, batch, allowed, [], processor.tokenizer.pad_token_id, max_new_tokens=new_tokens)
+    return generate(model, batch, allowed, [], processor.pad_token_id, max_new_tokens=new_tokens)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -83,7 +82,7 @@ def main(argv: list[str] | None = None) -> dict:
     batched_s = time.perf_counter() - t0
     row = {
         "config": args.config, "device": torch.cuda.get_device_name(device) if device.type == "cuda"
-        else platform.processor() or "cpu", "dtype": str(dtype).removeprefix("torch."),
+        else f"cpu, {torch.get_num_threads()} threads", "dtype": str(dtype).removeprefix("torch."),
         "attn": cfg.attn_implementation, "batch": args.batch, "audio_seconds": round(audio_s, 1),
         "new_tokens": args.new_tokens, "build_seconds": round(build_s, 1),
         "batched_seconds": round(batched_s, 3), "batched_audio_s_per_s": round(audio_s / batched_s, 1),

@@ -11,7 +11,7 @@ from train.models.token_filter import apply_token_filter
 
 def _args(model, processor):
     return (processor.allowed_token_mask(model.config.text_config.vocab_size), processor.eos_token_ids,
-            processor.tokenizer.pad_token_id)
+            processor.pad_token_id)
 
 
 def test_logprobs_equal_a_full_forward_without_cache(tiny_student):
@@ -108,3 +108,13 @@ def test_transcribe_returns_text_per_clip(tiny_student):
     texts = transcribe(model, processor, make_clips([16000, 5000]), languages=["en", "de"], max_new_tokens=6)
     assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
     assert not any("<|" in t for t in texts)
+
+
+def test_bfloat16_and_lora_students_decode(tokenizer):
+    from tests.conftest import tiny_config
+    from train.models import build_student
+
+    for change in ({"dtype": "bfloat16"}, {"lora": {"enabled": True, "r": 4}}):
+        model, processor = build_student(tiny_config(**change))
+        texts = transcribe(model.eval(), processor, make_clips([16000, 4000]), max_new_tokens=4)
+        assert len(texts) == 2, change

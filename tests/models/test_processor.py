@@ -103,3 +103,8 @@ def test_short_clip_gets_one_placeholder_and_features(processor):
     batch = processor([np.zeros(100, dtype=np.float32)])
     assert int((batch["input_ids"] == 151663).sum()) == 1
     assert int(batch["input_features_mask"].sum()) == 7
+
+
+def test_unknown_eos_token_fails_naming_it(tokenizer):
+    with pytest.raises(ValueError, match=r"tokens.eos_tokens: \['<\|stop\|>'\]"):
+        ArkProcessor(tokenizer, make_feature_extractor(80), tokens=TokensConfig(eos_tokens=["<|im_end|>", "<|stop|>"]))

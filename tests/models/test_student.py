@@ -52,7 +52,7 @@ def test_greedy_transcripts_and_logprobs_do_not_depend_on_batch(tiny_student):
     model, processor = tiny_student
     clips = make_clips(LENGTHS, seed=1)
     allowed = processor.allowed_token_mask(model.config.text_config.vocab_size)
-    eos, pad = processor.eos_token_ids, processor.tokenizer.pad_token_id
+    eos, pad = processor.eos_token_ids, processor.pad_token_id
     together = generate(model, processor(clips), allowed, eos, pad, max_new_tokens=16)
     assert len({tuple(r[:4].tolist()) for r in together.tokens_B_T}) > 1, "degenerate model: same output for all"
     for i, clip in enumerate(clips):
@@ -144,7 +144,7 @@ def test_qwen3_decoder_builds_and_generates(tokenizer, arch):
     assert model.config.text_config.head_dim == 16
     out = generate(sharpen(model).eval(), processor(make_clips([16000])),
                    processor.allowed_token_mask(model.config.text_config.vocab_size),
-                   processor.eos_token_ids, processor.tokenizer.pad_token_id, max_new_tokens=4)
+                   processor.eos_token_ids, processor.pad_token_id, max_new_tokens=4)
     assert out.tokens_B_T.shape[0] == 1
 
 

@@ -79,32 +79,33 @@ def _permute_rows(t: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     return t.index_select(0, order).contiguous()
 
 
-def ark_key_to_glmasr(key: str) -> str:
-    m = _ARK_LAYER.match(key)
+_ARK_SIDE = ("audio_encoder.whisper.layers", _ARK_LAYER, "ARK")
+_GLM_SIDE = ("model.audio_tower.layers", _GLM_LAYER, "GlmAsr")
+
+
+def _rename(key: str, source, target, to_ark: bool) -> str:
+    """One key across the table above; `to_ark` picks the direction of every (ARK, GlmAsr) pair."""
+    (_, layer_re, source_name), (target_layers, _, _) = source, target
+    flip = (lambda pair: pair[::-1]) if to_ark else (lambda pair: pair)
+    m = layer_re.match(key)
     if m:
         n, name, kind = m.groups()
-        for ark, glm in _LAYER_RENAMES:
-            if name == ark:
-                return f"model.audio_tower.layers.{n}.{glm}.{kind}"
-        raise KeyError(f"unknown ARK encoder weight {key!r}")
-    for ark, glm in _PREFIX_RENAMES:
-        if key.startswith(ark):
-            return glm + key[len(ark):]
-    raise KeyError(f"unknown ARK weight {key!r}")
+        for src, dst in map(flip, _LAYER_RENAMES):
+            if name == src:
+                return f"{target_layers}.{n}.{dst}.{kind}"
+        raise KeyError(f"unknown {source_name} encoder weight {key!r}")
+    for src, dst in map(flip, _PREFIX_RENAMES):
+        if key.startswith(src):
+            return dst + key[len(src):]
+    raise KeyError(f"unknown {source_name} weight {key!r}")
+
+
+def ark_key_to_glmasr(key: str) -> str:
+    return _rename(key, _ARK_SIDE, _GLM_SIDE, to_ark=False)
 
 
 def glmasr_key_to_ark(key: str) -> str:
-    m = _GLM_LAYER.match(key)
-    if m:
-        n, name, kind = m.groups()
-        for ark, glm in _LAYER_RENAMES:
-            if name == glm:
-                return f"audio_encoder.whisper.layers.{n}.{ark}.{kind}"
-        raise KeyError(f"unknown GlmAsr encoder weight {key!r}")
-    for ark, glm in reversed(_PREFIX_RENAMES):  # most specific GlmAsr prefix first
-        if key.startswith(glm):
-            return ark + key[len(glm):]
-    raise KeyError(f"no ARK name for weight {key!r}")
+    return _rename(key, _GLM_SIDE, _ARK_SIDE, to_ark=True)
 
 
 def _rotary_rows(cfg: EncoderConfig) -> torch.Tensor:

@@ -42,7 +42,7 @@ def build_student(cfg: ModelConfig | dict | str | Path, device: str | torch.devi
         raise ValueError(f"decoder.vocab_size={cfg.decoder.vocab_size} is smaller than the tokenizer ({len(tokenizer)})")
     processor = ArkProcessor(tokenizer, make_feature_extractor(cfg.encoder.num_mel_bins), cfg.tokens, cfg.prompt,
                              cfg.adapter.merge_factor)
-    config = glmasr_config(cfg, processor.eos_token_ids, tokenizer.pad_token_id)
+    config = glmasr_config(cfg, processor.eos_token_ids, processor.pad_token_id)
     with torch.device(device or "cpu"):
         model = StudentForConditionalGeneration._from_config(
             config, attn_implementation=cfg.attn_implementation, dtype=DTYPES[cfg.dtype])
@@ -185,7 +185,7 @@ def load_student(path: str | Path, dtype: str | torch.dtype | None = None, attn_
         processor = _load_processor(path, cfg.tokens.audio_token_id, cfg.encoder.num_mel_bins,
                                     cfg.adapter.merge_factor)
         cfg = replace(cfg, tokens=replace(processor.tokens, block_from_id=cfg.tokens.block_from_id))
-        config = glmasr_config(cfg, processor.eos_token_ids, processor.tokenizer.pad_token_id)
+        config = glmasr_config(cfg, processor.eos_token_ids, processor.pad_token_id)
         state_dict = ark_layout.ark_to_glmasr_state_dict(read_weights(path), cfg.encoder)
         model, info = StudentForConditionalGeneration.from_pretrained(
             None, config=config, state_dict=state_dict, output_loading_info=True,
@@ -236,7 +236,7 @@ def save_student(model, processor: ArkProcessor, path: str | Path, layout: str =
         # Tied lm_head and embeddings share storage; safetensors needs them as separate tensors.
         save_file({k: v.clone() for k, v in ark_sd.items()}, path / "model.safetensors", metadata={"format": "pt"})
         ark_cfg = ark_layout.ark_config_from_model_config(cfg, processor.eos_token_ids,
-                                                          processor.tokenizer.pad_token_id)
+                                                          processor.pad_token_id)
         (path / "config.json").write_text(json.dumps(ark_cfg, indent=2) + "\n")
     else:
         raise ValueError(f"layout must be 'hf' or 'ark', got {layout!r}")

@@ -96,5 +96,5 @@ def transcribe(model, processor, audios, languages=None, max_new_tokens: int = 2
     batch = processor(audios, languages)
     batch = {k: (v.to(device, dtype) if v.is_floating_point() else v.to(device)) for k, v in batch.items()}
     out = generate(model, batch, processor.allowed_token_mask(model.config.text_config.vocab_size),
-                   processor.eos_token_ids, processor.tokenizer.pad_token_id, max_new_tokens, **sampling)
+                   processor.eos_token_ids, processor.pad_token_id, max_new_tokens, **sampling)
     return [processor.decode(row[mask].tolist()) for row, mask in zip(out.tokens_B_T, out.mask_B_T)]

@@ -59,8 +59,14 @@ class ArkProcessor:
         for name in ("<|user|>", "<|begin_of_audio|>", "<|end_of_audio|>", "<|assistant|>", "<|im_end|>"):
             if tokenizer.convert_tokens_to_ids(name) in (None, tokenizer.unk_token_id):
                 raise ValueError(f"tokenizer has no special token {name}; the ARK prompt needs it")
-        self.eos_token_ids = sorted({tokenizer.convert_tokens_to_ids(t) for t in self.tokens.eos_tokens}
+        vocab = tokenizer.get_vocab()
+        unknown = [t for t in self.tokens.eos_tokens if t not in vocab]
+        if unknown:
+            raise ValueError(f"tokens.eos_tokens: {unknown} are not tokens of the tokenizer")
+        self.eos_token_ids = sorted({vocab[t] for t in self.tokens.eos_tokens}
                                     | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()))
+        # Padding is masked everywhere; a tokenizer without a pad token pads with its first EOS id.
+        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_token_ids[0]
 
     # ---- counts and text -------------------------------------------------------------------
     def audio_token_count(self, num_samples: int) -> int:
@@ -135,7 +141,7 @@ class ArkProcessor:
         languages = list(languages) if languages is not None else [None] * len(audios)
         feats_B_M_F, mask_B_F = self.features(audios)
         prompts = [self.encode(self.prompt(len(a), lang)) for a, lang in zip(audios, languages)]
-        pad_id = self.tokenizer.pad_token_id
+        pad_id = self.pad_token_id
         if texts is None:
             width = max(len(p) for p in prompts)
             ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
