@@ -56,17 +56,14 @@ def build_student(cfg: ModelConfig | dict | str | Path, device: str | torch.devi
 def _init_encoder_from(model, cfg: ModelConfig, path: str) -> None:
     """Encoder + adapter weights from an ARK, GlmAsr or ark-opd checkpoint dir."""
     source = read_config_json(path)
-    weights = read_weights(path)
     if source.get("model_type") == "arkasr":
-        encoder_keys = {k: v for k, v in weights.items() if k.startswith("audio_encoder.")}
-        mapped = ark_layout.ark_to_glmasr_state_dict(encoder_keys, cfg.encoder)
+        weights = read_weights(path, keep=lambda key: key.startswith("audio_encoder."))
+        mapped = ark_layout.ark_to_glmasr_state_dict(weights, cfg.encoder)
     elif source.get("model_type") == "glmasr":
         # Older GlmAsr exports lack the leading `model.`: key on the module names themselves.
-        mapped = {}
-        for key, value in weights.items():
-            m = re.search(r"(audio_tower\.|multi_modal_projector\.)(.*)$", key)
-            if m:
-                mapped[f"model.{m.group(1)}{m.group(2)}"] = value
+        encoder_key = re.compile(r"(audio_tower\.|multi_modal_projector\.)(.*)$")
+        weights = read_weights(path, keep=lambda key: encoder_key.search(key) is not None)
+        mapped = {"model." + "".join(encoder_key.search(k).groups()): v for k, v in weights.items()}
     else:
         raise ValueError(f"{path}/config.json: model_type {source.get('model_type')!r} has no audio encoder "
                          "we can read (expected 'arkasr' or 'glmasr')")

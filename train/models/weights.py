@@ -7,26 +7,33 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 import torch
-from safetensors.torch import load_file
+from safetensors import safe_open
 
 
-def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """All tensors of a checkpoint dir: model.safetensors, a sharded safetensors index, or pytorch_model.bin."""
+def read_weights(path: str | Path, keep: Callable[[str], bool] | None = None) -> dict[str, torch.Tensor]:
+    """Tensors of a checkpoint dir (model.safetensors, a sharded safetensors index, or pytorch_model.bin);
+    with `keep`, only the keys it accepts are read (safetensors reads no other bytes)."""
     path = Path(path)
-    if (path / "model.safetensors").exists():
-        return load_file(path / "model.safetensors")
+    wanted = keep or (lambda key: True)
     index = path / "model.safetensors.index.json"
-    if index.exists():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        out: dict[str, torch.Tensor] = {}
-        for shard in shards:
-            out.update(load_file(path / shard))
-        return out
-    if (path / "pytorch_model.bin").exists():
-        return torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    raise FileNotFoundError(f"{path}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
+    if (path / "model.safetensors").exists():
+        files = ["model.safetensors"]
+    elif index.exists():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        files = sorted({shard for key, shard in weight_map.items() if wanted(key)})
+    elif (path / "pytorch_model.bin").exists():
+        state = torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        return {k: v for k, v in state.items() if wanted(k)}
+    else:
+        raise FileNotFoundError(f"{path}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
+    out: dict[str, torch.Tensor] = {}
+    for name in files:
+        with safe_open(path / name, framework="pt") as f:
+            out.update({key: f.get_tensor(key) for key in f.keys() if wanted(key)})
+    return out
 
 
 def read_config_json(path: str | Path) -> dict:
