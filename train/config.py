@@ -181,6 +181,45 @@ class ModelConfig:
                  "LoRA trains the decoder; it needs train_decoder=true")
 
 
+@dataclass
+class SourceConfig:
+    """One manifest and its weight in the mix: 2.0 = each utterance twice an epoch, 0.5 = a random half."""
+
+    path: str = ""  # JSONL file, saved dataset dir[#split], or hf:REPO[:CONFIG]:SPLIT
+    weight: float = 1.0
+    language: Optional[str] = None  # for datasets without a language field
+    text_column: Optional[str] = None  # for datasets: which column holds the transcript
+
+    def __post_init__(self):
+        _require(self.weight >= 0, "weight", f"must be >= 0, got {self.weight}")
+
+
+@dataclass
+class DataConfig:
+    """Manifests to read, how to batch them, and which clips to skip."""
+
+    train: list[SourceConfig] = field(default_factory=list)
+    dev: list[SourceConfig] = field(default_factory=list)
+    max_batch_seconds: float = 240.0  # padded audio per batch: count x longest clip
+    max_batch_size: Optional[int] = None
+    min_seconds: float = 0.1
+    max_seconds: float = 30.0
+    num_workers: int = 2
+    language_prompt: bool = False  # put each utterance's language in its prompt
+    keep_audio: bool = False  # pass raw audio in batches (teachers with their own front end need it)
+
+    def __post_init__(self):
+        _require(self.max_batch_seconds > 0, "data.max_batch_seconds", f"must be > 0, got {self.max_batch_seconds}")
+        _require(self.max_batch_size is None or self.max_batch_size >= 1, "data.max_batch_size",
+                 f"must be >= 1, got {self.max_batch_size}")
+        _require(0 <= self.min_seconds < self.max_seconds, "data.min_seconds",
+                 f"must be in [0, data.max_seconds={self.max_seconds}), got {self.min_seconds}")
+        _require(self.num_workers >= 0, "data.num_workers", f"must be >= 0, got {self.num_workers}")
+        for name in ("train", "dev"):
+            for i, source in enumerate(getattr(self, name)):
+                _require(bool(source.path), f"data.{name}[{i}].path", "must name a manifest")
+
+
 def load_config(schema: type[T], path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> T:
     """Build `schema` from its defaults, then the YAML file at `path`, then dotted `key=value` overrides."""
     for item in overrides:

@@ -134,34 +134,41 @@ class ArkProcessor:
         return feats_B_M_F, mask_B_F
 
     # ---- batches ---------------------------------------------------------------------------
-    def __call__(self, audios: Sequence[np.ndarray], languages: Sequence[str | None] | None = None,
-                 texts: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
-        """A model batch. Without `texts`: left-padded prompts, ready for generation. With `texts`:
-        right-padded prompt + target, and `labels` (-100 on prompt and padding) for teacher forcing."""
-        languages = list(languages) if languages is not None else [None] * len(audios)
-        feats_B_M_F, mask_B_F = self.features(audios)
-        prompts = [self.encode(self.prompt(len(a), lang)) for a, lang in zip(audios, languages)]
-        pad_id = self.pad_token_id
-        if texts is None:
-            width = max(len(p) for p in prompts)
-            ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-            attn = torch.zeros_like(ids)
-            for i, p in enumerate(prompts):
-                ids[i, width - len(p):] = torch.tensor(p)
-                attn[i, width - len(p):] = 1
-            return {"input_ids": ids, "attention_mask": attn, "input_features": feats_B_M_F,
-                    "input_features_mask": mask_B_F}
+    def prompt_ids(self, num_samples: Sequence[int], languages: Sequence[str | None]) -> dict[str, torch.Tensor]:
+        """Left-padded prompts (`input_ids`, `attention_mask`), ready for generation."""
+        prompts = [self.encode(self.prompt(n, lang)) for n, lang in zip(num_samples, languages)]
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
+        attn = torch.zeros_like(ids)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p):] = torch.tensor(p)
+            attn[i, width - len(p):] = 1
+        return {"input_ids": ids, "attention_mask": attn}
+
+    def prompt_target_ids(self, num_samples: Sequence[int], languages: Sequence[str | None],
+                          texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Right-padded prompt + target and `labels` (-100 on prompt and padding), for teacher forcing."""
+        prompts = [self.encode(self.prompt(n, lang)) for n, lang in zip(num_samples, languages)]
         targets = [self.encode(self.target(t)) for t in texts]
         width = max(len(p) + len(t) for p, t in zip(prompts, targets))
-        ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+        ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
         attn = torch.zeros_like(ids)
         labels = torch.full_like(ids, -100)
         for i, (p, t) in enumerate(zip(prompts, targets)):
             ids[i, : len(p) + len(t)] = torch.tensor(p + t)
             attn[i, : len(p) + len(t)] = 1
             labels[i, len(p): len(p) + len(t)] = torch.tensor(t)
-        return {"input_ids": ids, "attention_mask": attn, "labels": labels,
-                "input_features": feats_B_M_F, "input_features_mask": mask_B_F}
+        return {"input_ids": ids, "attention_mask": attn, "labels": labels}
+
+    def __call__(self, audios: Sequence[np.ndarray], languages: Sequence[str | None] | None = None,
+                 texts: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        """A model batch. Without `texts`: left-padded prompts, ready for generation. With `texts`:
+        right-padded prompt + target, and `labels` (-100 on prompt and padding) for teacher forcing."""
+        languages = list(languages) if languages is not None else [None] * len(audios)
+        feats_B_M_F, mask_B_F = self.features(audios)
+        lengths = [len(a) for a in audios]
+        ids = self.prompt_ids(lengths, languages) if texts is None else self.prompt_target_ids(lengths, languages, texts)
+        return {**ids, "input_features": feats_B_M_F, "input_features_mask": mask_B_F}
 
     # ---- persistence -----------------------------------------------------------------------
     def save_pretrained(self, path: str | Path) -> None:

@@ -1,0 +1,94 @@
+"""From manifests to model batches: the dataset (decode one clip), the collator (a batch), the loader.
+
+A batch (dict):
+    input_features, input_features_mask   log-mel feats_B_M_F (zeros past each clip) and mask_B_F
+    prompt_ids, prompt_mask               left-padded prompts with placeholders, for generation
+    input_ids, attention_mask, labels     right-padded prompt + target, only if every clip has text
+    ids, languages, texts                 per clip (texts None where unlabelled)
+    audio                                 raw 16 kHz clips, only with keep_audio (teachers' own front end)
+    size, skipped                         clips in the batch; {reason: count} of clips dropped from it
+    epoch, position                       where the batch sits in its rank's epoch (for resuming)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch.utils.data import DataLoader, Dataset
+
+from train.config import DataConfig, SourceConfig
+from train.data.audio import AudioLimits, AudioSkipped, SkipCounter, load_audio
+from train.data.manifest import Utterance, read_manifest
+from train.data.sampler import DurationBatchSampler, SampleKey
+from train.models.processor import ArkProcessor
+
+
+class UtteranceDataset(Dataset):
+    """Decodes one utterance per key; an unusable clip comes back with its skip reason instead of audio."""
+
+    def __init__(self, utterances: list[Utterance], limits: AudioLimits = AudioLimits()):
+        self.utterances, self.limits = utterances, limits
+
+    def __len__(self) -> int:
+        return len(self.utterances)
+
+    def __getitem__(self, key: SampleKey | int) -> dict:
+        index = key.index if isinstance(key, SampleKey) else key
+        utt = self.utterances[index]
+        item = {"id": utt.id, "text": utt.text, "language": utt.language, "audio": None, "skip": None,
+                "epoch": getattr(key, "epoch", None), "position": getattr(key, "position", None)}
+        try:
+            item["audio"] = load_audio(utt, self.limits)
+        except AudioSkipped as skipped:
+            item["skip"] = skipped.reason
+        return item
+
+
+@dataclass
+class Collator:
+    processor: ArkProcessor
+    language_prompt: bool = False
+    keep_audio: bool = False
+
+    def __call__(self, items: list[dict]) -> dict:
+        good = [i for i in items if i["audio"] is not None]
+        batch = {"ids": [i["id"] for i in good], "languages": [i["language"] for i in good],
+                 "texts": [i["text"] for i in good], "size": len(good),
+                 "skipped": dict(SkipCounter(i["skip"] for i in items if i["skip"])),
+                 "epoch": items[0]["epoch"] if items else None, "position": items[0]["position"] if items else None}
+        if not good:
+            return batch
+        audios = [i["audio"] for i in good]
+        lengths = [len(a) for a in audios]
+        prompt_languages = batch["languages"] if self.language_prompt else [None] * len(good)
+        feats_B_M_F, mask_B_F = self.processor.features(audios)
+        prompts = self.processor.prompt_ids(lengths, prompt_languages)
+        batch.update(input_features=feats_B_M_F, input_features_mask=mask_B_F,
+                     prompt_ids=prompts["input_ids"], prompt_mask=prompts["attention_mask"])
+        if all(batch["texts"]):
+            batch.update(self.processor.prompt_target_ids(lengths, prompt_languages, batch["texts"]))
+        if self.keep_audio:
+            batch["audio"] = audios
+        return batch
+
+
+def read_sources(sources: list[SourceConfig]) -> tuple[list[Utterance], list[int], list[float]]:
+    """All utterances of the sources, in order, with each source's size and weight."""
+    utterances, sizes = [], []
+    for source in sources:
+        utts = read_manifest(source.path, language=source.language, text_column=source.text_column)
+        utterances.extend(utts)
+        sizes.append(len(utts))
+    return utterances, sizes, [s.weight for s in sources]
+
+
+def make_loader(sources: list[SourceConfig], processor: ArkProcessor, data: DataConfig, seed: int = 0,
+                num_replicas: int = 1, rank: int = 0, shuffle: bool = True) -> DataLoader:
+    """A DataLoader over the sources: duration-bucketed batches, this rank's shard, clips decoded in workers."""
+    utterances, sizes, weights = read_sources(sources)
+    sampler = DurationBatchSampler([u.duration for u in utterances], data.max_batch_seconds, data.max_batch_size,
+                                   seed=seed, num_replicas=num_replicas, rank=rank, shuffle=shuffle,
+                                   source_sizes=sizes, source_weights=weights)
+    dataset = UtteranceDataset(utterances, AudioLimits(data.min_seconds, data.max_seconds))
+    collator = Collator(processor, language_prompt=data.language_prompt, keep_audio=data.keep_audio)
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collator, num_workers=data.num_workers)
