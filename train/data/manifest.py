@@ -152,11 +152,11 @@ def read_dataset(dataset, name: str, language: str | None = None, audio_column: 
         text_column = next((c for c in _TEXT_COLUMNS if c in dataset.column_names), None)
     elif text_column not in dataset.column_names:
         raise ManifestError(f"{name}: no text column {text_column!r} (columns: {dataset.column_names})")
-    meta_columns = [c for c in dataset.column_names if c != audio_column]
-    meta = dataset.select_columns(meta_columns) if meta_columns else None
+    # Metadata columns in one columnar read: per-row access to an Arrow table is slow at scale.
+    columns = dataset.select_columns([c for c in dataset.column_names if c != audio_column]).to_dict()
     out = []
     for row in range(len(dataset)):
-        fields = meta[row] if meta is not None else {}
+        fields = {name: values[row] for name, values in columns.items()}
         audio = DatasetAudio(dataset, row, audio_column)
         duration = fields.get("duration")
         if duration is None:
