@@ -5,6 +5,8 @@ Serbo-Croatian list), and for Estonian, which wordfreq lacks, the words of Djang
 locale catalogs ranked by how often they occur there (English words removed), topped up with
 CLDR month and day names from `babel`.
 Sentences: the translated strings of Django's locale catalogs (the English source strings for en).
+Both are checked against espeak-ng itself (see `espeak_rejects`), so each text is read as words
+of its language.
 
 Every entry is a pair (text, spoken): `text` is the transcript stored in the manifest (NFC,
 lower-case, the native script: Hanzi for zh, kana for ja, Hangul for ko), `spoken` is what
@@ -75,8 +77,12 @@ APOSTROPHE_LANGUAGES = {"en", "fr", "it"}
 UNSPACED = {"zh", "ja"}
 
 _HANZI = re.compile(r"^[\u4e00-\u9fff]+$")
-_KANA = re.compile(r"^[\u3041-\u3094\u30a1-\u30f4\u30fc]+$")
-_KANA_CHAR = re.compile(r"[\u3041-\u3094\u30a1-\u30f4\u30fc]")
+# Kana espeak-ng's ja voice reads. Left out: the small vowels ぁぃぅぇぉ/ァィゥェォ and ゎヮヵヶ,
+# which it calls "Japanese letter" in English (and then spells the whole word character by character).
+_KANA_CHARS = "".join(
+    chr(c) for c in list(range(0x3041, 0x3095)) + list(range(0x30A1, 0x30F5)) if chr(c) not in "ぁぃぅぇぉァィゥェォゎヮヵヶ"
+) + "ー"
+_KANA = re.compile(f"^[{_KANA_CHARS}]+$")
 _HANGUL = re.compile(r"^[\uac00-\ud7a3]+$")
 _ROMAN = re.compile(r"^(?=[mdclxvi]+$)m{0,3}(cm|cd|d?c{0,3})(xc|xl|l?x{0,3})(ix|iv|v?i{0,3})$")
 # Characters a sentence may contain besides letters and spaces; anything else drops it
@@ -163,23 +169,47 @@ def to_kana(text: str) -> list[str]:
 # ---------------------------------------------------------------- espeak-ng dictionary checks
 
 
-def espeak_abbreviations(lang: str, words: list[str]) -> set[str]:
-    """Words that espeak-ng's dictionary for `lang` marks as abbreviations (it spells them letter by
-    letter, e.g. Czech "usa" -> "ú es á"). One espeak-ng call with its translation trace (-X)."""
-    if not words:
-        return set()
+def _espeak(lang: str, items: list[str], flag: str) -> str:
     proc = subprocess.run(
-        ["espeak-ng", "-q", "-X", "-b", "1", "-v", VOICES[lang]],
-        input="\n".join(words).encode("utf-8"),
+        ["espeak-ng", "-q", flag, "-b", "1", "-v", VOICES[lang]],
+        input="\n".join(items).encode("utf-8"),
         capture_output=True,
         check=True,
     )
-    flagged = set()
-    for line in proc.stdout.decode("utf-8", "replace").splitlines():
-        m = re.match(r"^Flags:\s+(\S+)\s+(.*)$", line)
-        if m and "$abbrev" in m.group(2):
-            flagged.add(nfc(m.group(1)).lower())
-    return flagged
+    return proc.stdout.decode("utf-8", "replace")
+
+
+def espeak_phonemes(lang: str, items: list[str]) -> list[str]:
+    """espeak-ng's phoneme string (-x) for each item. Items go in batches, one per line, and espeak
+    answers one line per clause; a batch whose line count does not match is split in halves."""
+    if not items:
+        return []
+    lines = _espeak(lang, items, "-x").splitlines()
+    if len(lines) == len(items):
+        return [line.strip() for line in lines]
+    if len(items) == 1:
+        return [" ".join(line.strip() for line in lines)]
+    half = len(items) // 2
+    return espeak_phonemes(lang, items[:half]) + espeak_phonemes(lang, items[half:])
+
+
+_SWITCH = re.compile(r"\([a-z]{2,3}(?:-[a-z0-9]+)?\)")
+
+
+def espeak_rejects(lang: str, items: list[str]) -> set[str]:
+    """Items espeak-ng would not read as plain words of `lang`: those where it switches language
+    (English-looking words such as French "l'authentification"; characters it does not know, which
+    it calls e.g. "Japanese letter" in English), and, for the Latin-script languages, words its
+    dictionary marks as abbreviations and spells letter by letter (Czech "usa": "ú es á")."""
+    rejected = {item for item, ph in zip(items, espeak_phonemes(lang, items)) if _SWITCH.search(ph) or not ph}
+    if lang not in UNSPACED and lang != "ko":
+        abbrev = set()
+        for line in _espeak(lang, sorted({w for item in items for w in item.split()}), "-X").splitlines():
+            m = re.match(r"^Flags:\s+(\S+)\s+(.*)$", line)
+            if m and "$abbrev" in m.group(2):
+                abbrev.add(nfc(m.group(1)).lower())
+        rejected |= {item for item in items if abbrev.intersection(item.split())}
+    return rejected
 
 
 # ---------------------------------------------------------------- Django catalogs
@@ -320,11 +350,8 @@ def sentences(lang: str) -> tuple[Entry, ...]:
         entry = normalise_sentence(lang, raw)
         if entry is not None and entry.text not in by_text:
             by_text[entry.text] = entry
-    if lang not in UNSPACED and lang != "ko":
-        vocab = sorted({w for e in by_text.values() for w in e.text.split()})
-        abbrev = espeak_abbreviations(lang, vocab)
-        by_text = {t: e for t, e in by_text.items() if not abbrev.intersection(t.split())}
-    return tuple(by_text[t] for t in sorted(by_text))
+    rejected = espeak_rejects(lang, sorted({e.spoken for e in by_text.values()}))
+    return tuple(by_text[t] for t in sorted(by_text) if by_text[t].spoken not in rejected)
 
 
 def is_eval_sentence(lang: str, text: str) -> bool:
@@ -376,7 +403,6 @@ def lexicon(lang: str, size: int = LEXICON_SIZE) -> tuple[Entry, ...]:
             continue
         seen.add(word)
         entries.append(Entry(word, word))
-    if lang not in UNSPACED and lang != "ko":
-        abbrev = espeak_abbreviations(lang, [e.text for e in entries[: 2 * size]])
-        entries = [e for e in entries if e.text not in abbrev]
-    return tuple(entries[:size])
+    checked = entries[: 2 * size]
+    rejected = espeak_rejects(lang, [e.spoken for e in checked])
+    return tuple([e for e in checked if e.spoken not in rejected][:size])
