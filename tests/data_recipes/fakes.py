@@ -81,3 +81,27 @@ def audio_features(**columns):
     from datasets import Audio, Features
 
     return Features({"audio": Audio(), **columns})
+
+
+def load_checked(manifest: Path, language: str | None = None) -> dict[str, tuple[object, np.ndarray]]:
+    """Every line of a manifest read with the project's reader and decoded with its loader:
+    {id: (utterance, 16 kHz samples)}. Asserts ids are unique and durations match the audio."""
+    from train.data.audio import load_audio
+    from train.data.manifest import read_manifest
+
+    utts = read_manifest(manifest)
+    ids = [u.id for u in utts]
+    assert len(ids) == len(set(ids)), f"duplicate ids in {manifest}"
+    out = {}
+    for utt in utts:
+        samples = load_audio(utt)
+        assert abs(len(samples) / 16000 - utt.duration) < 0.01, (utt.id, len(samples), utt.duration)
+        if language is not None:
+            assert utt.language == language, (utt.id, utt.language)
+        out[utt.id] = (utt, samples)
+    return out
+
+
+def dominant_freq(samples: np.ndarray, rate: int = 16000) -> float:
+    spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples))))
+    return float(np.argmax(spectrum) * rate / len(samples))
