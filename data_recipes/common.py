@@ -514,6 +514,10 @@ class DatasetPart:
     audio_dir: Path
     row_language: str | None = None  # the language written on each line (default: `language`)
 
+    def __post_init__(self):
+        if self.row_language is None:
+            self.row_language = self.language
+
 
 def export_dataset_parts(args: argparse.Namespace, repo: str, parts: list[DatasetPart],
                          make_convert: Callable[[Any, DatasetPart], Callable[[dict], dict]],
@@ -557,12 +561,12 @@ def report(results: list[PartResult], title: str) -> str:
             lines.append(f"  {where:<28} not built: {r.missing}")
             continue
         skips = ", ".join(f"{n} {reason}" for reason, n in sorted(r.skipped.items())) or "none"
-        lines.append(f"  {where:<28} {r.utterances:>9} utts {r.hours:>9.2f} h   skipped: {skips}"
+        lines.append(f"  {where:<28} {r.utterances:>9} utts {r.hours:>9.3f} h   skipped: {skips}"
                      f"{'   (cached)' if r.cached else ''}")
         total_utts += r.utterances
         total_seconds += r.seconds
         total_skips.update(r.skipped)
-    lines.append(f"  {'total':<28} {total_utts:>9} utts {total_seconds / 3600:>9.2f} h   "
+    lines.append(f"  {'total':<28} {total_utts:>9} utts {total_seconds / 3600:>9.3f} h   "
                  f"{total_skips.report()}")
     text = "\n".join(lines)
     print(text)

@@ -83,6 +83,7 @@ _KANA_CHARS = "".join(
     chr(c) for c in list(range(0x3041, 0x3095)) + list(range(0x30A1, 0x30F5)) if chr(c) not in "ぁぃぅぇぉァィゥェォゎヮヵヶ"
 ) + "ー"
 _KANA = re.compile(f"^[{_KANA_CHARS}]+$")
+_KANA_NO_START = "ーっッゃゅょャュョんン"  # cannot begin a word
 _HANGUL = re.compile(r"^[\uac00-\ud7a3]+$")
 _ROMAN = re.compile(r"^(?=[mdclxvi]+$)m{0,3}(cm|cd|d?c{0,3})(xc|xl|l?x{0,3})(ix|iv|v?i{0,3})$")
 # Characters a sentence may contain besides letters and spaces; anything else drops it
@@ -119,7 +120,11 @@ def is_word(lang: str, word: str, *, in_sentence: bool = False) -> bool:
     if lang == "zh":
         return bool(_HANZI.match(word))
     if lang == "ja":
-        return bool(_KANA.match(word)) and (in_sentence or len(word) >= 2)
+        if not _KANA.match(word) or word[0] in _KANA_NO_START:
+            return False
+        # wordfreq's Japanese list is split into morphemes: drop one-kana particles and
+        # fragments cut before a geminate (だっ, やっ from だった, やった)
+        return in_sentence or (len(word) >= 2 and word[-1] not in "っッ")
     if lang == "ko":
         return bool(_HANGUL.match(word)) and (in_sentence or len(word) >= 2)
     letters = _LATIN + EXTRA_LETTERS[lang]

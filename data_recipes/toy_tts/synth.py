@@ -29,7 +29,7 @@ class Job:
 
 def espeak_version() -> str:
     out = subprocess.run(["espeak-ng", "--version"], capture_output=True, check=True).stdout.decode()
-    m = re.search(r"espeak-ng[^:]*:\s*(\S+)", out, re.IGNORECASE)
+    m = re.search(r"text-to-speech:\s*(\S+)", out)
     return m.group(1) if m else out.strip()
 
 

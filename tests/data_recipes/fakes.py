@@ -64,14 +64,16 @@ def expected_len(index: int) -> int:
 
 def save_dataset(folder: Path, splits: dict[str, dict[str, list]], features=None) -> Path:
     """save_to_disk a DatasetDict {split: columns}; the `audio` column becomes `Audio()`."""
-    from datasets import Audio, Dataset, DatasetDict
+    from datasets import Audio, Dataset, DatasetDict, Features, Value
 
+    raw = None
+    if features is not None:  # encoding through Audio() needs torchcodec: store the struct, then cast
+        raw = Features({k: ({"bytes": Value("binary"), "path": Value("string")} if isinstance(v, Audio) else v)
+                        for k, v in features.items()})
     parts = {}
     for split, columns in splits.items():
-        ds = Dataset.from_dict(columns, features=features)
-        if features is None:
-            ds = ds.cast_column("audio", Audio())
-        parts[split] = ds
+        ds = Dataset.from_dict(columns, features=raw)
+        parts[split] = ds.cast_column("audio", Audio())
     DatasetDict(parts).save_to_disk(str(folder))
     return folder
 

@@ -1,0 +1,303 @@
+"""Synthesise the bundled toy speech corpus offline with espeak-ng: 19 languages, random word sequences.
+
+    python data_recipes/toy_tts/prepare.py --out data/toy_tts --seed 0
+    python data_recipes/toy_tts/prepare.py --out DIR --seed N [--languages zh,en,...] \
+        [--train-per-language 400] [--unlabelled-per-language 100] [--dev-per-language 25] \
+        [--test-per-language 25] [--workers 2]
+
+Most utterances are random sequences of 2-6 words drawn from a small per-language lexicon (the
+300 most frequent words), so a model cannot pass by memorising text; ~10% are real sentences
+(Django's translated UI strings). Each utterance gets its own espeak-ng voice variant, speaking
+rate and pitch. Writes DIR/{train,unlabelled,dev,test}.jsonl, audio under
+DIR/audio/<split>/<lang>/<id>.flac (16 kHz mono FLAC) and DIR/BUILD.json, whose done marker is
+written last: a second run with the same arguments returns at once, a killed build is redone.
+Same seed and arguments -> byte-identical manifests and identical audio. See README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make `data_recipes` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from data_recipes.toy_tts import lexicon as lx  # noqa: E402
+from data_recipes.toy_tts import synth  # noqa: E402
+
+RECIPE = "toy_tts"
+RECIPE_VERSION = 1  # bump when a change here changes the corpus for the same arguments
+SPLITS = ("train", "unlabelled", "dev", "test")
+EVAL_SPLITS = ("dev", "test")  # drawn from the reserved sentence fifth (lexicon.is_eval_sentence)
+DEFAULT_SIZES = {"train": 400, "unlabelled": 100, "dev": 25, "test": 25}  # utterances per language
+SENTENCE_SHARE = 0.1  # share of real sentences in each split; the rest are random word sequences
+WORDS_PER_UTTERANCE = (2, 6)
+VARIANTS = ("", "m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4")  # "" = the voice's own
+RATE_WPM = (130, 200)
+PITCH = (30, 70)
+PACKAGES = ("wordfreq", "babel", "django", "pykakasi", "soxr", "soundfile", "numpy")
+
+
+@dataclass(frozen=True)
+class Utterance:
+    id: str
+    split: str
+    language: str
+    text: str
+    spoken: str
+    kind: str  # "words" | "sentence"
+    voice: str
+    rate: int
+    pitch: int
+
+    @property
+    def audio(self) -> str:  # relative to the manifest's folder
+        return f"audio/{self.split}/{self.language}/{self.id}.flac"
+
+
+# ---------------------------------------------------------------- drawing the texts
+
+
+def plan(languages: list[str], sizes: dict[str, int], seed: int, lexicon_size: int = lx.LEXICON_SIZE) -> list[Utterance]:
+    """Every utterance of the build, in manifest order (split, then language, then index).
+
+    Each language has its own RNG seeded from (seed, language), so a language's draw does not
+    depend on the others. Texts never repeat within a build (a repeat is redrawn), so no dev/test
+    text occurs in train or unlabelled."""
+    seen: set[tuple[str, str]] = set()
+    by_split: dict[str, list[Utterance]] = {s: [] for s in SPLITS}
+    for lang in languages:
+        rng = random.Random(f"{RECIPE}/{seed}/{lang}")
+        words = lx.lexicon(lang, lexicon_size)
+        if len(words) < WORDS_PER_UTTERANCE[1]:
+            raise RuntimeError(f"{lang}: lexicon has only {len(words)} words")
+        sentences = lx.sentences(lang)
+        pools = {
+            True: [e for e in sentences if lx.is_eval_sentence(lang, e.text)],
+            False: [e for e in sentences if not lx.is_eval_sentence(lang, e.text)],
+        }
+        for pool in pools.values():
+            rng.shuffle(pool)
+        joiner = "" if lang in lx.UNSPACED else " "
+        for split in SPLITS:
+            n = sizes[split]
+            pool = pools[split in EVAL_SPLITS]
+            n_sent = min(round(SENTENCE_SHARE * n), len(pool))
+            kinds = ["sentence"] * n_sent + ["words"] * (n - n_sent)
+            rng.shuffle(kinds)
+            for i, kind in enumerate(kinds):
+                if kind == "sentence":
+                    while pool and (lang, pool[-1].text) in seen:  # a word sequence may equal a sentence
+                        pool.pop()
+                    if not pool:
+                        kind = "words"
+                if kind == "sentence":
+                    entry = pool.pop()
+                    text, spoken = entry.text, entry.spoken
+                else:
+                    for _ in range(10_000):
+                        k = rng.randint(*WORDS_PER_UTTERANCE)
+                        picked = rng.sample(words, k)
+                        text = joiner.join(w.text for w in picked)
+                        spoken = " ".join(w.spoken for w in picked)
+                        if (lang, text) not in seen:
+                            break
+                    else:
+                        raise RuntimeError(f"{lang}: cannot draw a new word sequence; lexicon too small")
+                seen.add((lang, text))
+                variant = rng.choice(VARIANTS)
+                by_split[split].append(
+                    Utterance(
+                        id=f"toy-{lang}-{split}-{i:06d}",
+                        split=split,
+                        language=lang,
+                        text=text,
+                        spoken=spoken,
+                        kind=kind,
+                        voice=lx.VOICES[lang] + (f"+{variant}" if variant else ""),
+                        rate=rng.randint(*RATE_WPM),
+                        pitch=rng.randint(*PITCH),
+                    )
+                )
+    return [u for s in SPLITS for u in by_split[s]]
+
+
+def manifest_row(u: Utterance, duration: float) -> dict:
+    row: dict = {"id": u.id, "audio": u.audio}
+    if u.split != "unlabelled":
+        row["text"] = u.text
+    row.update(language=u.language, duration=round(duration, 3), task="asr")
+    if u.split == "unlabelled":
+        row["reference_text"] = u.text  # for analysis only: this split is used without labels
+    row.update(kind=u.kind, voice=u.voice, rate=u.rate, pitch=u.pitch)
+    return row
+
+
+# ---------------------------------------------------------------- build bookkeeping
+
+
+def versions() -> dict[str, str]:
+    found = {"espeak-ng": synth.espeak_version()}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "missing"
+    return found
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _is_up_to_date(out: Path, config: dict) -> bool:
+    try:
+        done = json.loads((out / "BUILD.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if done.get("complete") is not True or any(done.get(k) != v for k, v in config.items()):
+        return False
+    for split in SPLITS:
+        manifest = out / f"{split}.jsonl"
+        if not manifest.is_file():
+            return False
+        with manifest.open(encoding="utf-8") as f:
+            if not all((out / json.loads(line)["audio"]).is_file() for line in f):
+                return False
+    return True
+
+
+def _summary(rows: dict[str, list[dict]], languages: list[str]) -> str:
+    lines = [f"{'lang':<6}" + "".join(f"{s:>22}" for s in SPLITS)]
+    for lang in languages + ["all"]:
+        cells = []
+        for split in SPLITS:
+            sel = [r for r in rows[split] if lang in ("all", r["language"])]
+            hours = sum(r["duration"] for r in sel) / 3600
+            cells.append(f"{len(sel):>9} utt {hours:>7.3f} h")
+        lines.append(f"{lang:<6}" + "".join(cells))
+    return "\n".join(lines)
+
+
+def _read_rows(out: Path) -> dict[str, list[dict]]:
+    rows = {}
+    for split in SPLITS:
+        with (out / f"{split}.jsonl").open(encoding="utf-8") as f:
+            rows[split] = [json.loads(line) for line in f]
+    return rows
+
+
+def _synthesise_all(jobs: list[synth.Job], workers: int) -> list[float]:
+    durations: list[float] = []
+    step = max(1, len(jobs) // 10)
+    start = time.time()
+
+    def progress() -> None:
+        if len(durations) % step == 0 or len(durations) == len(jobs):
+            rate = len(durations) / max(time.time() - start, 1e-9)
+            print(f"  {len(durations)}/{len(jobs)} utterances ({rate:.0f}/s)", flush=True)
+
+    if workers <= 1:
+        for job in jobs:
+            durations.append(synth.synthesise(job))
+            progress()
+        return durations
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn: workers start clean (no copy of a parent that may hold torch threads); they get
+    # Job dataclasses and return floats only.
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for duration in pool.map(synth.synthesise, jobs, chunksize=16):
+            durations.append(duration)
+            progress()
+    return durations
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True, help="corpus folder to write")
+    p.add_argument("--seed", type=int, default=0, help="draws texts and voices; a new seed gives a fresh sample")
+    p.add_argument("--languages", default=",".join(lx.LANGUAGES), help="comma-separated ISO 639-1 codes")
+    for split in SPLITS:
+        p.add_argument(f"--{split}-per-language", type=int, default=DEFAULT_SIZES[split], metavar="K")
+    p.add_argument("--lexicon-size", type=int, default=lx.LEXICON_SIZE, help="words per language lexicon")
+    p.add_argument("--workers", type=int, default=2, help="synthesis processes (does not change the output)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = parse_args(argv)
+    requested = [c.strip() for c in args.languages.split(",") if c.strip()]
+    unknown = sorted(set(requested) - set(lx.LANGUAGES))
+    if unknown or not requested:
+        raise SystemExit(f"unknown languages {unknown}; choose from {','.join(lx.LANGUAGES)}")
+    languages = [c for c in lx.LANGUAGES if c in requested]  # canonical order: zh,en vs en,zh is one corpus
+    sizes = {s: getattr(args, f"{s}_per_language") for s in SPLITS}
+    if any(k < 0 for k in sizes.values()):
+        raise SystemExit("sizes must be >= 0")
+    if shutil.which("espeak-ng") is None:
+        raise SystemExit("espeak-ng not found: apt-get install -y espeak-ng")
+
+    out = Path(args.out)
+    config = {
+        "recipe": RECIPE,
+        "recipe_version": RECIPE_VERSION,
+        "seed": args.seed,
+        "languages": languages,
+        "per_language": sizes,
+        "lexicon_size": args.lexicon_size,
+        "versions": versions(),
+    }
+    if _is_up_to_date(out, config):
+        print(f"{out}: corpus is up to date (seed {args.seed}); nothing to do")
+        print(_summary(_read_rows(out), languages))
+        return out
+
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / "audio").exists() and not (out / "BUILD.json").exists():
+        raise SystemExit(f"{out}/audio exists but {out} holds no {RECIPE} build (no BUILD.json); use another --out")
+    # Mark the folder as an unfinished build before touching anything, then clear the old one.
+    _write_atomic(out / "BUILD.json", json.dumps({**config, "complete": False}, indent=2, ensure_ascii=False) + "\n")
+    shutil.rmtree(out / "audio", ignore_errors=True)
+    for split in SPLITS:
+        (out / f"{split}.jsonl").unlink(missing_ok=True)
+
+    start = time.time()
+    utterances = plan(languages, sizes, args.seed, args.lexicon_size)
+    print(f"synthesising {len(utterances)} utterances ({len(languages)} languages) with {args.workers} worker(s)")
+    jobs = [synth.Job(u.spoken, u.voice, u.rate, u.pitch, str(out / u.audio)) for u in utterances]
+    durations = _synthesise_all(jobs, args.workers)
+
+    rows: dict[str, list[dict]] = {s: [] for s in SPLITS}
+    for u, d in zip(utterances, durations):
+        rows[u.split].append(manifest_row(u, d))
+    for split in SPLITS:
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows[split])
+        _write_atomic(out / f"{split}.jsonl", text)
+    elapsed = time.time() - start
+    totals = {
+        s: {"utterances": len(rows[s]), "hours": round(sum(r["duration"] for r in rows[s]) / 3600, 4)} for s in SPLITS
+    }
+    done = {**config, "totals": totals, "build_seconds": round(elapsed, 1), "complete": True}  # done marker last
+    _write_atomic(out / "BUILD.json", json.dumps(done, indent=2, ensure_ascii=False) + "\n")
+    print(f"wrote {out} in {elapsed:.1f} s (seed {args.seed})")
+    print(_summary(rows, languages))
+    return out
+
+
+if __name__ == "__main__":
+    main()

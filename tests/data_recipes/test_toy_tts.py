@@ -1,0 +1,190 @@
+"""The toy TTS corpus recipe: tiny real builds (espeak-ng) of ja + de into tmp folders."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import unicodedata
+from pathlib import Path
+
+import pytest
+
+if shutil.which("espeak-ng") is None:
+    pytest.skip("espeak-ng is not installed (apt-get install -y espeak-ng)", allow_module_level=True)
+for _name in ("wordfreq", "pykakasi", "django", "babel", "soxr", "soundfile"):
+    pytest.importorskip(_name)
+
+import soundfile as sf  # noqa: E402
+
+from data_recipes.toy_tts import lexicon as lx  # noqa: E402
+from data_recipes.toy_tts import prepare, synth  # noqa: E402
+
+SPLITS = ("train", "unlabelled", "dev", "test")
+SIZES = {"train": 8, "unlabelled": 3, "dev": 4, "test": 4}
+LANGS = ("ja", "de")
+KANA = re.compile(r"^[\u3041-\u3094\u30a1-\u30f4\u30fc]+$")
+
+
+def args(out: Path, seed: int = 1, workers: int = 1, **sizes) -> list[str]:
+    sizes = {**SIZES, **sizes}
+    argv = ["--out", str(out), "--seed", str(seed), "--languages", ",".join(LANGS), "--workers", str(workers)]
+    for split in SPLITS:
+        argv += [f"--{split}-per-language", str(sizes[split])]
+    return argv
+
+
+def read(out: Path) -> dict[str, list[dict]]:
+    return {s: [json.loads(line) for line in (out / f"{s}.jsonl").read_text(encoding="utf-8").splitlines()] for s in SPLITS}
+
+
+def manifest_bytes(out: Path) -> dict[str, bytes]:
+    return {s: (out / f"{s}.jsonl").read_bytes() for s in SPLITS}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """Built once with 2 worker processes (the pool path); other builds run in-process."""
+    out = tmp_path_factory.mktemp("toy") / "corpus"
+    prepare.main(args(out, workers=2))
+    return out
+
+
+def test_manifest_fields_types_and_audio(corpus):
+    rows = read(corpus)
+    ids = set()
+    for split in SPLITS:
+        assert len(rows[split]) == SIZES[split] * len(LANGS)
+        assert {r["language"] for r in rows[split]} == set(LANGS)
+        for r in rows[split]:
+            assert r["id"] not in ids
+            ids.add(r["id"])
+            assert re.fullmatch(rf"toy-{r['language']}-{split}-\d{{6}}", r["id"])
+            assert r["audio"] == f"audio/{split}/{r['language']}/{r['id']}.flac"
+            assert r["task"] == "asr"
+            assert r["kind"] in ("words", "sentence")
+            assert r["voice"].split("+")[0] == lx.VOICES[r["language"]]
+            assert isinstance(r["rate"], int) and 130 <= r["rate"] <= 200
+            assert isinstance(r["pitch"], int) and 30 <= r["pitch"] <= 70
+            text = r["reference_text"] if split == "unlabelled" else r["text"]
+            assert isinstance(text, str) and text and unicodedata.is_normalized("NFC", text)
+            info = sf.info(str(corpus / r["audio"]))
+            assert (info.samplerate, info.channels, info.format, info.subtype) == (16000, 1, "FLAC", "PCM_16")
+            assert isinstance(r["duration"], float)
+            assert r["duration"] == round(info.frames / info.samplerate, 3)
+            assert 0.3 < r["duration"] < 15
+    build = json.loads((corpus / "BUILD.json").read_text(encoding="utf-8"))
+    assert build["complete"] is True and build["seed"] == 1 and build["languages"] == ["de", "ja"]  # canonical order
+    assert build["versions"]["espeak-ng"][0].isdigit() and build["versions"]["wordfreq"]
+
+
+def test_unlabelled_split_has_no_text(corpus):
+    for r in read(corpus)["unlabelled"]:
+        assert "text" not in r and r["reference_text"]
+    for split in ("train", "dev", "test"):
+        assert all("text" in r and "reference_text" not in r for r in read(corpus)[split])
+
+
+def test_scripts_and_spacing(corpus):
+    de_letters = set("abcdefghijklmnopqrstuvwxyzäöüß")
+    for split, rows in read(corpus).items():
+        for r in rows:
+            text = r.get("text", r.get("reference_text"))
+            if r["language"] == "ja":
+                assert KANA.match(text), text  # kana only, written without spaces
+            else:
+                words = text.split(" ")
+                assert all(words) and all(set(w) <= de_letters for w in words), text
+                if r["kind"] == "words":
+                    assert 2 <= len(words) <= 6
+
+
+def test_no_text_shared_between_splits(corpus):
+    rows = read(corpus)
+    texts = [(r["language"], r.get("text", r.get("reference_text"))) for s in SPLITS for r in rows[s]]
+    assert len(texts) == len(set(texts))
+    seen_in_training = {(r["language"], r.get("text", r.get("reference_text"))) for s in ("train", "unlabelled") for r in rows[s]}
+    assert not seen_in_training & {(r["language"], r["text"]) for s in ("dev", "test") for r in rows[s]}
+
+
+def test_same_seed_gives_identical_corpus(corpus, tmp_path):
+    again = tmp_path / "again"
+    prepare.main(args(again, workers=1))  # one process instead of two: same bytes
+    assert manifest_bytes(again) == manifest_bytes(corpus)
+    for r in read(corpus)["train"] + read(corpus)["test"]:
+        assert (again / r["audio"]).read_bytes() == (corpus / r["audio"]).read_bytes()
+
+
+def test_different_seed_draws_fresh_texts(corpus, tmp_path):
+    other = tmp_path / "other"
+    prepare.main(args(other, seed=2))
+    a = {r["text"] for r in read(corpus)["train"]}
+    b = {r["text"] for r in read(other)["train"]}
+    assert len(a & b) <= 2, a & b
+    assert [r["id"] for r in read(other)["train"]] == [r["id"] for r in read(corpus)["train"]]
+
+
+def test_second_run_is_cached(corpus, monkeypatch, capsys):
+    before = {p: p.stat().st_mtime_ns for p in corpus.rglob("*") if p.is_file()}
+
+    def boom(job):
+        raise AssertionError("synthesised although the corpus was up to date")
+
+    monkeypatch.setattr(synth, "synthesise", boom)
+    prepare.main(args(corpus, workers=1))  # --workers does not change the output, so not the cache key
+    assert "up to date" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in corpus.rglob("*") if p.is_file()} == before
+
+
+def test_interrupted_build_is_redone(corpus, tmp_path, monkeypatch):
+    out = tmp_path / "killed"
+    real = synth.synthesise
+    calls = []
+
+    def dies_midway(job):
+        calls.append(job)
+        if len(calls) > 10:
+            raise KeyboardInterrupt
+        return real(job)
+
+    monkeypatch.setattr(synth, "synthesise", dies_midway)
+    with pytest.raises(KeyboardInterrupt):
+        prepare.main(args(out))
+    assert json.loads((out / "BUILD.json").read_text())["complete"] is False
+    assert not (out / "train.jsonl").exists()
+    monkeypatch.setattr(synth, "synthesise", real)
+    prepare.main(args(out))
+    assert json.loads((out / "BUILD.json").read_text())["complete"] is True
+    assert manifest_bytes(out) == manifest_bytes(corpus)
+
+    # other arguments: not up to date, rebuilt in place with the new sizes
+    prepare.main(args(out, dev=2))
+    assert len(read(out)["dev"]) == 2 * len(LANGS)
+
+
+def test_refuses_foreign_folder(tmp_path):
+    (tmp_path / "audio").mkdir()
+    with pytest.raises(SystemExit):
+        prepare.main(args(tmp_path))
+
+
+def test_word_filters():
+    assert lx.is_word("de", "straße") and not lx.is_word("de", "x") and not lx.is_word("de", "3d")
+    assert not lx.is_word("cs", "vi") and not lx.is_word("it", "di")  # espeak reads Roman numerals as numbers
+    assert not lx.is_word("en", "st")  # no vowel: spelled out
+    assert not lx.is_word("ja", "漢字") and lx.is_word("ja", "コーヒー") and not lx.is_word("ja", "ウェブ")
+    assert lx.is_word("zh", "我们") and not lx.is_word("zh", "我们a")
+    assert lx.nfc("şi") == "și"
+    assert lx.normalise_sentence("fr", "Entrez une adresse e-mail valide.") is None  # hyphen
+    assert lx.normalise_sentence("fr", "Entrez %(name)s ici.") is None  # placeholder
+    assert lx.normalise_sentence("de", "Alle Filter zurücksetzen").text == "alle filter zurücksetzen"
+    entry = lx.normalise_sentence("ja", "新しいパスワード")
+    assert KANA.match(entry.text) and entry.text.endswith("パスワード")
+
+
+def test_lexicons_are_small_native_and_read_by_espeak():
+    for lang in LANGS:
+        words = lx.lexicon(lang)
+        assert len(words) == lx.LEXICON_SIZE and len({w.text for w in words}) == len(words)
+        assert all(lx.is_word(lang, w.text) for w in words)
+    assert lx.sentences("ja") and lx.sentences("de")
