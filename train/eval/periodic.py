@@ -1,0 +1,148 @@
+"""Dev-set evaluation every N steps during training, sharded over all processes, gathered on rank 0.
+
+Rank 0 writes `eval/step-N.json` (the same report shape as train/evaluate.py), appends the step's
+per-language error rates and fidelity to `eval/history.jsonl`, keeps the best step by the average
+error rate over languages, and redraws `plots/dev_error_rate.png` (one line per language).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from train.data.audio import AudioLimits
+from train.data.manifest import Utterance, read_manifest
+from train.eval.report import average_rate, score_by_language
+from train.eval.timed import Transcriber, timed_transcription
+
+
+class PeriodicEvaluator:
+    def __init__(self, manifests: list[str], run_dir: str | Path, every_steps: int, accelerator=None,
+                 batch_size: int = 16, limits: AudioLimits = AudioLimits()):
+        if every_steps < 1:
+            raise ValueError(f"every_steps must be >= 1, got {every_steps}")
+        self.run_dir, self.every_steps, self.accelerator = Path(run_dir), every_steps, accelerator
+        self.batch_size, self.limits = batch_size, limits
+        self.manifests = {spec: read_manifest(spec) for spec in manifests}
+        self.best_step: int | None = None
+        self.best_rate: float | None = None
+        self.history: list[dict] = []
+
+    @property
+    def _rank_world(self) -> tuple[int, int]:
+        if self.accelerator is None:
+            return 0, 1
+        return self.accelerator.process_index, self.accelerator.num_processes
+
+    def due(self, step: int) -> bool:
+        return step > 0 and step % self.every_steps == 0
+
+    def _gather(self, rows: list) -> list:
+        if self.accelerator is None or self.accelerator.num_processes == 1:
+            return rows
+        from accelerate.utils import gather_object
+
+        return gather_object(rows)
+
+    def evaluate(self, step: int, transcriber: Transcriber) -> dict | None:
+        """Evaluate this rank's shard of every dev manifest; on rank 0 return the report (others: None)."""
+        rank, world = self._rank_world
+        rows = []
+        for spec, utterances in self.manifests.items():
+            shard: list[Utterance] = utterances[rank::world]
+            result = timed_transcription(transcriber, shard, batch_size=self.batch_size, limits=self.limits,
+                                         warmup_batches=0)
+            rows.append({"spec": spec, "rank": rank, "refs": result.references, "hyps": result.hypotheses,
+                         "languages": result.languages, "skipped": {k: dict(v) for k, v in
+                                                                    result.skipped_by_language.items()},
+                         "audio_seconds": result.audio_seconds, "seconds": result.transcription_seconds})
+        gathered = self._gather(rows)
+        if rank != 0:
+            return None
+        return self._record(step, gathered)
+
+    def _record(self, step: int, rows: list[dict]) -> dict:
+        report = {"step": step, "manifests": {}}
+        for spec in self.manifests:
+            parts = [r for r in rows if r["spec"] == spec]
+            refs = [x for r in parts for x in r["refs"]]
+            hyps = [x for r in parts for x in r["hyps"]]
+            langs = [x for r in parts for x in r["languages"]]
+            skipped: dict[str, dict] = {}
+            for r in parts:
+                for lang, reasons in r["skipped"].items():
+                    for reason, n in reasons.items():
+                        skipped.setdefault(lang, {})[reason] = skipped.get(lang, {}).get(reason, 0) + n
+            languages = score_by_language(refs, hyps, langs, skipped)
+            audio = sum(r["audio_seconds"] for r in parts)
+            slowest = max((r["seconds"] for r in parts), default=0.0)  # ranks run in parallel
+            report["manifests"][spec] = {"utterances": len(refs), "audio_seconds": audio,
+                                         "rtfx": audio / slowest if slowest else None,
+                                         "average_rate": average_rate(languages), "languages": languages}
+        rates = [m["average_rate"] for m in report["manifests"].values() if m["average_rate"] is not None]
+        report["average_rate"] = sum(rates) / len(rates) if rates else None
+        if report["average_rate"] is not None and (self.best_rate is None or report["average_rate"] < self.best_rate):
+            self.best_step, self.best_rate = step, report["average_rate"]
+        report["best_step"], report["best_average_rate"] = self.best_step, self.best_rate
+        self.history.append(self._summary(report))
+        self._write(step, report)
+        return report
+
+    @staticmethod
+    def _summary(report: dict) -> dict:
+        per_language: dict[str, dict] = {}
+        for m in report["manifests"].values():
+            for lang, row in m["languages"].items():
+                if "rate" in row:
+                    per_language[lang] = {"rate": row["rate"], "fidelity": row.get("fidelity")}
+        return {"step": report["step"], "average_rate": report["average_rate"], "languages": per_language}
+
+    def metrics(self, report: dict) -> dict[str, float]:
+        """Flat scalars for the step's log line: dev/<lang>/rate, dev/<lang>/fidelity, dev/average_rate."""
+        out = {"dev/average_rate": report["average_rate"]}
+        for lang, row in self._summary(report)["languages"].items():
+            out[f"dev/{lang}/rate"] = row["rate"]
+            if row["fidelity"] is not None:
+                out[f"dev/{lang}/fidelity"] = row["fidelity"]
+        return out
+
+    def _write(self, step: int, report: dict) -> None:
+        eval_dir = self.run_dir / "eval"
+        eval_dir.mkdir(parents=True, exist_ok=True)
+        (eval_dir / f"step-{step}.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+        (eval_dir / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in self.history))
+        self.plot(self.run_dir / "plots" / "dev_error_rate.png")
+
+    def plot(self, path: Path) -> Path:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        languages = sorted({lang for h in self.history for lang in h["languages"]})
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        cmap = plt.get_cmap("tab20")
+        for k, lang in enumerate(languages):
+            points = [(h["step"], 100 * h["languages"][lang]["rate"]) for h in self.history if lang in h["languages"]]
+            ax.plot(*zip(*points), marker="o", ms=3, lw=1.2, color=cmap(k % 20), label=lang)
+        avg = [(h["step"], 100 * h["average_rate"]) for h in self.history if h["average_rate"] is not None]
+        if avg:
+            ax.plot(*zip(*avg), color="black", lw=2.2, label="average")
+        if self.best_step is not None:
+            ax.axvline(self.best_step, color="grey", ls=":", lw=1)
+        ax.set_xlabel("step")
+        ax.set_ylabel("dev error rate (%)")
+        ax.set_title("dev error rate by language (WER; CER for zh/ja/ko)")
+        ax.spines[["top", "right"]].set_visible(False)
+        ax.legend(fontsize=7, ncol=2 if len(languages) > 10 else 1, frameon=False, loc="upper right")
+        fig.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return path
+
+    def state_dict(self) -> dict:
+        return {"best_step": self.best_step, "best_rate": self.best_rate, "history": self.history}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best_step, self.best_rate, self.history = state["best_step"], state["best_rate"], list(state["history"])
