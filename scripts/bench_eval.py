@@ -1,0 +1,99 @@
+"""RTFx of a student, measured as train/evaluate.py measures it, with generation forced to a realistic length.
+
+    python scripts/bench_eval.py --config configs/models/tiny.yaml --device cpu --batch 16 --clips 64
+    python scripts/bench_eval.py --config configs/models/ark_asr_3b.yaml --batch 64 --clips 256   # GPU, bf16
+
+Random weights emit EOS at random, so each batch decodes exactly ceil(tokens_per_second x its longest
+clip) tokens (real transcripts run ~3 tokens per audio second). Clips are 2-30 s, duration-sorted.
+The baseline, measured in the same run on the same clips, is batch size 1. ARK-ASR-3B's published
+RTFx is 490.98 (its card; hardware not comparable to a CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from train.config import ModelConfig, load_config
+from train.data.manifest import read_manifest, write_jsonl
+from train.eval.timed import timed_transcription
+from train.models import build_student, generate, load_student
+
+
+class ForcedLengthTranscriber:
+    """Greedy decoding of exactly ceil(tokens_per_second x longest clip) tokens per batch."""
+
+    def __init__(self, model, processor, tokens_per_second: float, name: str):
+        self.model, self.processor, self.tokens_per_second, self.name = model, processor, tokens_per_second, name
+        self.allowed = processor.allowed_token_mask(model.config.text_config.vocab_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def transcribe(self, audios, languages):
+        dtype = next(self.model.parameters()).dtype
+        batch = self.processor(audios)
+        batch = {k: v.to(self.device, dtype) if v.is_floating_point() else v.to(self.device) for k, v in batch.items()}
+        new_tokens = math.ceil(self.tokens_per_second * max(len(a) for a in audios) / 16000)
+        out = generate(self.model, batch, self.allowed, [], self.processor.pad_token_id, max_new_tokens=new_tokens)
+        return [self.processor.tokenizer.decode(row.tolist(), skip_special_tokens=True) for row in out.tokens_B_T]
+
+
+def _synthetic_manifest(folder: Path, clips: int, seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i, seconds in enumerate(np.linspace(2.0, 30.0, clips)):
+        path = folder / f"{i}.flac"
+        sf.write(path, (0.1 * rng.standard_normal(int(seconds * 16000))).astype(np.float32), 16000)
+        rows.append({"audio": path.name, "duration": float(seconds), "language": "en", "id": str(i)})
+    return write_jsonl(rows, folder / "clips.jsonl")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--config", default="configs/models/tiny.yaml", help="model config (random weights)")
+    source.add_argument("--model", help="a checkpoint dir instead")
+    parser.add_argument("--manifest", help="clips to transcribe (default: synthetic 2-30 s noise)")
+    parser.add_argument("--clips", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--tokens-per-second", type=float, default=3.0)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default=None)
+    parser.add_argument("--no-baseline", action="store_true")
+    args = parser.parse_args(argv)
+
+    torch.manual_seed(0)
+    if args.model:
+        model, processor = load_student(args.model, dtype=args.dtype, device=args.device)
+    else:
+        cfg = load_config(ModelConfig, args.config, [f"dtype={args.dtype}"] if args.dtype else [])
+        model, processor = build_student(cfg, device=args.device)
+    model.eval()
+    transcriber = ForcedLengthTranscriber(model, processor, args.tokens_per_second, args.model or args.config)
+    with tempfile.TemporaryDirectory() as tmp:
+        manifest = args.manifest or _synthetic_manifest(Path(tmp), args.clips, seed=0)
+        utterances = read_manifest(manifest)
+        batched = timed_transcription(transcriber, utterances, batch_size=args.batch, warmup_batches=1)
+        row = {"model": transcriber.name, "device": torch.cuda.get_device_name() if torch.cuda.is_available()
+               and args.device.startswith("cuda") else f"cpu, {torch.get_num_threads()} threads",
+               "dtype": str(next(model.parameters()).dtype).removeprefix("torch."), "clips": len(batched.ids),
+               "audio_seconds": round(batched.audio_seconds, 1), "batch": args.batch,
+               "tokens_per_second": args.tokens_per_second, "rtfx": round(batched.rtfx, 2)}
+        if not args.no_baseline:
+            single = timed_transcription(transcriber, utterances, batch_size=1, warmup_batches=1)
+            row.update(rtfx_batch_1=round(single.rtfx, 2), batched_speedup=round(batched.rtfx / single.rtfx, 2))
+    print(json.dumps(row, indent=2))
+    return row
+
+
+if __name__ == "__main__":
+    main()
