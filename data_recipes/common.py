@@ -333,6 +333,9 @@ def open_split(source: str | None, repo: str, config: str | None, split: str, st
     FOLDER/<config>/<split> (a Dataset), FOLDER/<config> (a DatasetDict), and, for corpora without
     configs, FOLDER/<split> or FOLDER (a DatasetDict). Anything else: a hub id used instead of `repo`.
     Raises `SplitNotFound` when a local source lacks the split."""
+    if source is not None and not Path(source).exists() and (
+            str(source).startswith(("/", ".", "~")) or str(source).count("/") > 1):
+        raise FileNotFoundError(f"no folder {source} (a hub id has the form owner/name)")
     if source is None or not Path(source).exists():
         return load_hub(source or repo, config, split, streaming=streaming)
     from datasets import DatasetDict, load_from_disk

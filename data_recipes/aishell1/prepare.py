@@ -21,8 +21,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from data_recipes.common import (DatasetPart, PartResult, Skip, add_dataset_args, base_parser, build_part,
-                                 exit_code, export_dataset_parts, file_row, guarded, part_paths, report)
+from data_recipes.common import (DatasetPart, PartResult, Skip, base_parser, build_part, exit_code,
+                                 export_dataset_parts, file_row, guarded, part_paths, report)
 
 SPLITS = {"train": "train", "dev": "validation", "test": "test"}  # ours -> the usual hub names
 TRANSCRIPT = "transcript/aishell_transcript_v0.8.txt"

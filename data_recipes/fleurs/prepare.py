@@ -1,8 +1,8 @@
 """FLEURS (hub: google/fleurs) -> OUT/<split>/<lang>.jsonl, audio under OUT/audio/<split>/<lang>/.
 
-    python -m data_recipes.fleurs.prepare                       # dev + test, the 19 project languages -> data/fleurs
+    python -m data_recipes.fleurs.prepare                 # dev + test of the 19 project languages -> data/fleurs
     python -m data_recipes.fleurs.prepare --splits dev --languages en de zh
-    python -m data_recipes.fleurs.prepare --dataset DIR         # a local copy: DIR/<config> = save_to_disk of a DatasetDict
+    python -m data_recipes.fleurs.prepare --dataset DIR   # a local copy: DIR/<config> = a saved DatasetDict
 
 The 19 manifests data/fleurs/dev/<lang>.jsonl are the project's default dev sets.
 Text is `raw_transcription` (cased, punctuated); `transcription` (FLEURS' normalised form) is kept

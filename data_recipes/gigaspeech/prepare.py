@@ -34,7 +34,8 @@ LANGUAGE = "en"
 
 
 def clean_text(text: str) -> str:
-    """GigaSpeech's tagged transcript as plain text: "AS THEY SAY <COMMA> HELLO <PERIOD> <SIL>" -> "AS THEY SAY, HELLO."."""
+    """GigaSpeech's tagged transcript as plain text:
+    "AS THEY SAY <COMMA> HELLO <PERIOD> <SIL>" -> "AS THEY SAY, HELLO."."""
     words: list[str] = []
     for token in text.split():
         if token in PUNCTUATION:

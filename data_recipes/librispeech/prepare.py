@@ -18,7 +18,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from data_recipes.common import (DatasetPart, PartResult, Skip, add_dataset_args, base_parser, build_part,
+from data_recipes.common import (DatasetPart, PartResult, add_dataset_args, base_parser, build_part,
                                  exit_code, export_dataset_parts, file_row, guarded, part_paths, plain, report)
 
 REPO = "openslr/librispeech_asr"

@@ -13,7 +13,7 @@ LANGS = {"en": "en_us", "zh": "cmn_hans_cn"}
 
 @pytest.fixture(scope="module")
 def fleurs_dir(tmp_path_factory):
-    from datasets import ClassLabel, Features, Value
+    from datasets import ClassLabel, Value
 
     root = tmp_path_factory.mktemp("fleurs_src")
     features = fakes.audio_features(

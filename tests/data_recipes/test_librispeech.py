@@ -18,7 +18,8 @@ def hub_dir(tmp_path_factory):
         splits = {}
         for split in ("validation", "test"):
             ids = [f"{i + 1}{'0' if config == 'clean' else '9'}{len(split)}-128104-000{i}" for i in range(3)]
-            splits[split] = {"file": [f"{i}.flac" for i in ids], "audio": [fakes.clip_cell(i, ids[i]) for i in range(3)],
+            splits[split] = {"file": [f"{i}.flac" for i in ids],
+                             "audio": [fakes.clip_cell(i, ids[i]) for i in range(3)],
                              "text": ["MISTER QUILTER IS THE APOSTLE", "NOR IS MISTER QUILTER'S MANNER", "X"],
                              "speaker_id": [1272, 1272, 1462], "chapter_id": [128104] * 3, "id": ids}
         fakes.save_dataset(root / config, splits, features)
