@@ -1,24 +1,34 @@
-# make setup   - .venv with the CPU build of torch and everything else (offline-friendly, no CUDA download)
+# make setup   - .venv with the CPU build of torch and everything else; espeak-ng for the toy corpus
 # make run     - the main job (today: build, save, reload and run a tiny student; see README)
 # make test    - the test suite
-# GPU users: make setup TORCH=   (keeps whatever CUDA torch is already in the active environment; see README)
+# GPU users: make setup TORCH=   (keeps whatever CUDA torch is already in .venv; see README)
 
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 # The CPU wheel of this exact version lies on the build machines' disk; anything unpinned pulls CUDA.
 TORCH ?= torch==2.13.0
+EXTRAS := dev,toy,plots
 
-.PHONY: setup run test clean
+.PHONY: setup system-deps run test clean
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed system-deps
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(if $(TORCH),$(PY) -m pip install -q $(TORCH))
-	$(PY) -m pip install -q $(if $(TORCH),-c constraints.txt) -e '.[dev]'
+	$(PY) -m pip install -q $(if $(TORCH),-c constraints.txt) -e '.[$(EXTRAS)]'
 	touch $@
+
+# espeak-ng speaks the toy corpus. Installed with apt when we can (root, Debian/Ubuntu); else say how.
+system-deps:
+	@command -v espeak-ng >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null; \
+	  else \
+	    echo "espeak-ng is missing: install it (apt install espeak-ng / brew install espeak-ng) for the toy corpus"; \
+	  fi; }
 
 run: setup
 	$(PY) scripts/quickstart.py --out runs/quickstart
