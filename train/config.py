@@ -29,6 +29,10 @@ LANGUAGE_NAMES: dict[str, str] = {
 }
 
 
+DEV_LANGUAGES = ("zh", "en", "de", "ja", "fr", "ko", "es", "pl", "it", "ro", "hu", "cs", "nl", "fi", "hr", "sk",
+                 "sl", "et", "lt")
+
+
 class ConfigError(ValueError):
     """A configuration key or value is wrong; the message names the key."""
 
@@ -199,7 +203,9 @@ class DataConfig:
     """Manifests to read, how to batch them, and which clips to skip."""
 
     train: list[SourceConfig] = field(default_factory=list)
-    dev: list[SourceConfig] = field(default_factory=list)
+    # The 19 FLEURS dev sets written by data_recipes/fleurs/prepare.py; the toy setup uses its own dev split.
+    dev: list[SourceConfig] = field(default_factory=lambda: [
+        SourceConfig(path=f"data/fleurs/dev/{code}.jsonl") for code in DEV_LANGUAGES])
     max_batch_seconds: float = 240.0  # padded audio per batch: count x longest clip
     max_batch_size: Optional[int] = None
     min_seconds: float = 0.1

@@ -12,8 +12,7 @@ from typing import Sequence
 
 import regex
 
-DEV_LANGUAGES = ("zh", "en", "de", "ja", "fr", "ko", "es", "pl", "it", "ro", "hu", "cs", "nl", "fi", "hr", "sk",
-                 "sl", "et", "lt")
+from train.config import DEV_LANGUAGES
 _HANGUL = regex.compile(r"\p{Hangul}")
 _KANA = regex.compile(r"[\p{Hiragana}\p{Katakana}]")
 _HAN = regex.compile(r"\p{Han}")
