@@ -19,11 +19,13 @@ from train.models.token_filter import apply_token_filter
 @dataclass
 class Generated:
     """tokens_B_T: new ids (pad after EOS); logprobs_B_T: log p(token) under the model's filtered
-    distribution at temperature 1 (0 where masked); mask_B_T: True up to and including EOS."""
+    distribution at temperature 1 (0 where masked); mask_B_T: True up to and including EOS;
+    topk_ids_B_T_K: the model's k most likely (filtered) ids at each step, when asked for."""
 
     tokens_B_T: torch.Tensor
     logprobs_B_T: torch.Tensor
     mask_B_T: torch.Tensor
+    topk_ids_B_T_K: torch.Tensor | None = None
 
     @property
     def lengths_B(self) -> torch.Tensor:
@@ -38,7 +40,8 @@ def left_padded_positions(attention_mask_B_T: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def generate(model, batch: dict[str, torch.Tensor], allowed_V: torch.Tensor, eos_token_ids: list[int],
              pad_token_id: int, max_new_tokens: int = 256, do_sample: bool = False, temperature: float = 1.0,
-             top_p: float = 1.0, generator: torch.Generator | None = None) -> Generated:
+             top_p: float = 1.0, generator: torch.Generator | None = None, return_topk: int | None = None
+             ) -> Generated:
     """Decode up to `max_new_tokens` for each prompt in `batch` (the processor's left-padded output)."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -61,10 +64,12 @@ def generate(model, batch: dict[str, torch.Tensor], allowed_V: torch.Tensor, eos
     logits_B_V = out.logits[:, -1].float()
     batch_size = logits_B_V.shape[0]
     finished_B = torch.zeros(batch_size, dtype=torch.bool, device=device)
-    tokens, logprobs, masks = [], [], []
+    tokens, logprobs, masks, topks = [], [], [], []
     for step in range(max_new_tokens):
         filtered_B_V = apply_token_filter(logits_B_V, allowed_V)
         logp_B_V = torch.log_softmax(filtered_B_V, dim=-1)
+        if return_topk:
+            topks.append(filtered_B_V.topk(min(return_topk, filtered_B_V.shape[-1]), dim=-1).indices)
         if do_sample:
             scores_B_V = filtered_B_V
             for warp in warpers:
@@ -86,7 +91,8 @@ def generate(model, batch: dict[str, torch.Tensor], allowed_V: torch.Tensor, eos
                     cache=cache, use_cache=True)
         cache, next_pos_B = out.cache, next_pos_B + 1
         logits_B_V = out.logits[:, -1].float()
-    return Generated(torch.stack(tokens, 1), torch.stack(logprobs, 1), torch.stack(masks, 1))
+    return Generated(torch.stack(tokens, 1), torch.stack(logprobs, 1), torch.stack(masks, 1),
+                     torch.stack(topks, 1) if return_topk else None)
 
 
 def transcribe(model, processor, audios, languages=None, max_new_tokens: int = 256, **sampling) -> list[str]:

@@ -1,0 +1,1 @@
+"""On-policy distillation: rollouts (student samples) and the distillation losses."""

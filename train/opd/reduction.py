@@ -1,0 +1,29 @@
+"""The one place a per-token loss becomes a scalar: divided by the GLOBAL number of unmasked tokens.
+
+Every micro-batch of an optimizer step, on every process, divides its summed loss by the same
+number: the unmasked tokens of the whole step across gradient-accumulation micro-batches and
+processes. DDP/DeepSpeed average gradients over processes, so the sum is multiplied back by the
+number of processes. Then batch 8 x accumulation 1 and batch 2 x accumulation 4 give the same
+update, and a process with short transcripts does not weigh more than one with long ones.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def global_token_count(masks_B_T: list[torch.Tensor], accelerator=None) -> torch.Tensor:
+    """Unmasked tokens over this step's micro-batches, summed over all processes (at least 1)."""
+    device = masks_B_T[0].device if masks_B_T else torch.device("cpu")
+    local = torch.tensor(float(sum(int(m.sum()) for m in masks_B_T)), device=device)
+    if accelerator is not None and accelerator.num_processes > 1:
+        local = accelerator.reduce(local, reduction="sum")
+    return local.clamp(min=1.0)
+
+
+def token_mean(loss_B_T: torch.Tensor, mask_B_T: torch.Tensor, global_tokens: torch.Tensor | float,
+               num_processes: int = 1) -> torch.Tensor:
+    """This micro-batch's share of the step loss: sum over unmasked tokens / global token count,
+    times the process count (undoing the gradient averaging across processes)."""
+    masked = torch.where(mask_B_T, loss_B_T, torch.zeros_like(loss_B_T))
+    return masked.sum() * num_processes / global_tokens
