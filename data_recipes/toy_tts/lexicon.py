@@ -1,10 +1,12 @@
 """Per-language lexicons and real sentences for the toy TTS corpus, from offline sources only.
 
 Words: the most frequent words of `wordfreq` (18 languages; Croatian comes from its
-Serbo-Croatian list), and for Estonian, which wordfreq lacks, the words of Django's Estonian
-locale catalogs ranked by how often they occur there (English words removed), topped up with
-CLDR month and day names from `babel`.
-Sentences: the translated strings of Django's locale catalogs (the English source strings for en).
+Serbo-Croatian list; for Japanese only the words wordfreq already writes in kana), and for
+Estonian, which wordfreq lacks, the words of Django's Estonian locale catalogs ranked by how
+often they occur there (English words removed), topped up with CLDR month and day names from
+`babel`.
+Sentences: the translated strings of Django's locale catalogs (the English source strings for en;
+for ja only the strings written purely in kana).
 Both are checked against espeak-ng itself (see `espeak_rejects`), so each text is read as words
 of its language.
 
@@ -31,7 +33,7 @@ VOICES: dict[str, str] = {
     "zh": "cmn-latn-pinyin",  # reads Hanzi; plain `cmn` reads tone digits in English
     "en": "en-us",
     "de": "de",
-    "ja": "ja",  # reads kana only: words are converted with pykakasi first
+    "ja": "ja",  # reads kana only: only words and sentences already written in kana are used
     "fr": "fr-fr",
     "ko": "ko",
     "es": "es",
@@ -93,6 +95,7 @@ _SENTENCE_PUNCT = set(".,:;!?\"'«»“”„‘’‚()–—…。、，：；
 LEXICON_SIZE = 300  # words per language: small enough for a tiny model to learn the vocabulary
 SENTENCE_WORDS = (3, 12)  # words per sentence, languages written with spaces
 SENTENCE_CHARS = (4, 30)  # characters per sentence, zh (Hanzi) and ja (kana)
+JA_DEPTH = 1_000_000  # ja: wordfreq words scanned for kana-only ones, i.e. its whole list (214,936)
 
 
 @dataclass(frozen=True)
@@ -112,7 +115,7 @@ def is_word(lang: str, word: str, *, in_sentence: bool = False) -> bool:
 
     Latin scripts: letters of the language only, at least one vowel (no abbreviations such as
     "st"), not a Roman numeral ("vi", "xi" are read as numbers), at least 2 letters (espeak
-    spells lone letters) unless inside a real sentence. zh: Hanzi; ja: kana (after conversion);
+    spells lone letters) unless inside a real sentence. zh: Hanzi; ja: kana;
     ko: Hangul syllables, at least 2 (wordfreq's Korean list is split into morphemes).
     """
     if not word:
@@ -134,41 +137,11 @@ def is_word(lang: str, word: str, *, in_sentence: bool = False) -> bool:
             return False
     if len(word) == 1:
         return in_sentence
+    if re.search(r"(.)\1\1", word):  # "uuuuuu", "aaaa": date-format codes in Django's catalogs
+        return False
     if not any(c in _VOWELS for c in word):
         return False
     return not any(len(p) >= 2 and _ROMAN.match(p) for p in parts)
-
-
-# ---------------------------------------------------------------- Japanese: kana conversion
-
-
-@functools.lru_cache(maxsize=1)
-def _kakasi():
-    import pykakasi
-
-    return pykakasi.kakasi()
-
-
-def to_kana(text: str) -> list[str]:
-    """Kana chunks of a Japanese string: kana kept as written (katakana stays katakana), kanji read
-    as hiragana by pykakasi. Chunks split where the input had punctuation or spaces. A chunk
-    that is not pure kana afterwards (Latin letters, digits, unknown symbols) is returned as is,
-    so the caller can reject the string."""
-    chunks: list[str] = []
-    current = ""
-    for item in _kakasi().convert(text):
-        orig = item["orig"]
-        if _KANA.match(orig):
-            current += orig
-        elif all(c.isspace() or c in _SENTENCE_PUNCT for c in orig):
-            if current:
-                chunks.append(current)
-            current = ""
-        else:
-            current += item["hira"].strip()
-    if current:
-        chunks.append(current)
-    return [nfc(c) for c in chunks]
 
 
 # ---------------------------------------------------------------- espeak-ng dictionary checks
@@ -289,12 +262,14 @@ def django_word_counts(lang: str) -> Counter:
 def looks_english(lang: str, word: str) -> bool:
     """True for an English word in another language's data ("the" in Spanish wordfreq, "true" or
     "none" in Croatian Django strings): more frequent in English than in `lang` by > 0.5 Zipf
-    (wordfreq); for Estonian, which wordfreq lacks, more frequent in Django's English source
-    strings than in its Estonian translations."""
+    (wordfreq); for Estonian, which wordfreq lacks, at least half as frequent in Django's English
+    source strings as in its Estonian translations ("json", "debug"; "on" and "see" stay)."""
     if lang == "en" or lang in UNSPACED or lang == "ko":
         return False
     if lang == "et":
-        return django_word_counts("en")[word] > django_word_counts("et")[word]
+        return 2 * django_word_counts("en")[word] >= django_word_counts("et")[word] > 0 or (
+            django_word_counts("en")[word] > 0 and django_word_counts("et")[word] == 0
+        )
     import wordfreq
 
     source = "sh" if lang == "hr" else lang
@@ -321,9 +296,11 @@ def normalise_sentence(lang: str, raw: str) -> Entry | None:
     """(text, spoken) of a real sentence, or None when it has characters that are not letters of
     the language, markup, placeholders, digits, or a length outside the limits."""
     if lang == "ja":
-        if re.search(r"[A-Za-z0-9０-９Ａ-Ｚａ-ｚ%{}<>/_@&=#+\-]", raw):
-            return None
-        chunks = to_kana(nfc(raw))
+        # Kana as written, nothing converted: espeak-ng's ja voice reads no kanji, and the recipe
+        # uses no kanji -> kana converter (the usual Python ones are GPL, the project is
+        # Apache-2.0), so a string with any kanji (most of Django's Japanese) is left out.
+        # Chunks split at spaces and punctuation; espeak-ng is given them with spaces between.
+        chunks = _sentence_words(lang, raw)
         if not chunks or not all(_KANA.match(c) for c in chunks):
             return None
         text = "".join(chunks)
@@ -386,24 +363,25 @@ def _estonian_candidates() -> list[str]:
 
 @functools.lru_cache(maxsize=None)
 def lexicon(lang: str, size: int = LEXICON_SIZE) -> tuple[Entry, ...]:
-    """The `size` most frequent words of `lang` that pass `is_word` (after kana conversion for ja)
-    and that espeak-ng does not spell as abbreviations; most frequent first."""
+    """The `size` most frequent words of `lang` that pass `is_word` and that espeak-ng does not
+    spell as abbreviations; most frequent first. Fewer when the candidates run out.
+
+    ja: only words wordfreq already writes in kana (hiragana or katakana, as written; nothing is
+    converted, see `normalise_sentence`). About one in four of its most frequent words is, so its
+    whole list is scanned: with wordfreq 3.1.1 the 300th kana word is at rank 1,177 of 214,936."""
     if lang == "et":
         candidates = _estonian_candidates()
     else:
         import wordfreq
 
         source = "sh" if lang == "hr" else lang  # wordfreq's Croatian is its Serbo-Croatian list
-        candidates = wordfreq.top_n_list(source, 5000)
+        candidates = wordfreq.top_n_list(source, JA_DEPTH if lang == "ja" else 5000)
     entries: list[Entry] = []
     seen: set[str] = set()
     for raw in candidates:
+        if len(entries) >= 2 * size:  # only these are checked below
+            break
         word = nfc(raw).lower()
-        if lang == "ja":
-            chunks = to_kana(word)
-            if len(chunks) != 1:
-                continue
-            word = chunks[0]
         if word in seen or not is_word(lang, word) or looks_english(lang, word):
             continue
         seen.add(word)

@@ -2,7 +2,7 @@
 
     python data_recipes/toy_tts/prepare.py --out data/toy_tts --seed 0
     python data_recipes/toy_tts/prepare.py --out DIR --seed N [--languages zh,en,...] \
-        [--train-per-language 400] [--unlabelled-per-language 100] [--dev-per-language 25] \
+        [--train-per-language 600] [--unlabelled-per-language 100] [--dev-per-language 25] \
         [--test-per-language 25] [--workers 2]
 
 Most utterances are random sequences of 2-6 words drawn from a small per-language lexicon (the
@@ -17,6 +17,7 @@ Same seed and arguments -> byte-identical manifests and identical audio. See REA
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import random
@@ -34,16 +35,17 @@ from data_recipes.toy_tts import lexicon as lx  # noqa: E402
 from data_recipes.toy_tts import synth  # noqa: E402
 
 RECIPE = "toy_tts"
-RECIPE_VERSION = 1  # bump when a change here changes the corpus for the same arguments
+RECIPE_VERSION = 2  # bump when a change here changes the corpus for the same arguments
 SPLITS = ("train", "unlabelled", "dev", "test")
 EVAL_SPLITS = ("dev", "test")  # drawn from the reserved sentence fifth (lexicon.is_eval_sentence)
-DEFAULT_SIZES = {"train": 400, "unlabelled": 100, "dev": 25, "test": 25}  # utterances per language
+DRAW_ORDER = ("test", "dev", "train", "unlabelled")  # test first: it does not depend on the other sizes
+DEFAULT_SIZES = {"train": 600, "unlabelled": 100, "dev": 25, "test": 25}  # utterances per language
 SENTENCE_SHARE = 0.1  # share of real sentences in each split; the rest are random word sequences
 WORDS_PER_UTTERANCE = (2, 6)
 VARIANTS = ("", "m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4")  # "" = the voice's own
 RATE_WPM = (130, 200)
 PITCH = (30, 70)
-PACKAGES = ("wordfreq", "babel", "django", "pykakasi", "soxr", "soundfile", "numpy")
+PACKAGES = ("wordfreq", "babel", "django", "soxr", "soundfile", "numpy")
 
 
 @dataclass(frozen=True)
@@ -69,13 +71,14 @@ class Utterance:
 def plan(languages: list[str], sizes: dict[str, int], seed: int, lexicon_size: int = lx.LEXICON_SIZE) -> list[Utterance]:
     """Every utterance of the build, in manifest order (split, then language, then index).
 
-    Each language has its own RNG seeded from (seed, language), so a language's draw does not
-    depend on the others. Texts never repeat within a build (a repeat is redrawn), so no dev/test
-    text occurs in train or unlabelled."""
+    Each (language, split) has its own RNG seeded from (seed, language, split), and the splits are
+    drawn test, dev, train, unlabelled: the test set depends only on the seed and
+    --test-per-language (not on the other sizes or languages), dev only on those and its own size.
+    Texts never repeat within a language (a repeat is redrawn), so no dev/test text occurs in
+    train or unlabelled."""
     seen: set[tuple[str, str]] = set()
     by_split: dict[str, list[Utterance]] = {s: [] for s in SPLITS}
     for lang in languages:
-        rng = random.Random(f"{RECIPE}/{seed}/{lang}")
         words = lx.lexicon(lang, lexicon_size)
         if len(words) < WORDS_PER_UTTERANCE[1]:
             raise RuntimeError(f"{lang}: lexicon has only {len(words)} words")
@@ -84,10 +87,12 @@ def plan(languages: list[str], sizes: dict[str, int], seed: int, lexicon_size: i
             True: [e for e in sentences if lx.is_eval_sentence(lang, e.text)],
             False: [e for e in sentences if not lx.is_eval_sentence(lang, e.text)],
         }
+        pool_rng = random.Random(f"{RECIPE}/{seed}/{lang}/sentences")
         for pool in pools.values():
-            rng.shuffle(pool)
+            pool_rng.shuffle(pool)
         joiner = "" if lang in lx.UNSPACED else " "
-        for split in SPLITS:
+        for split in DRAW_ORDER:
+            rng = random.Random(f"{RECIPE}/{seed}/{lang}/{split}")
             n = sizes[split]
             pool = pools[split in EVAL_SPLITS]
             n_sent = min(round(SENTENCE_SHARE * n), len(pool))
@@ -130,6 +135,21 @@ def plan(languages: list[str], sizes: dict[str, int], seed: int, lexicon_size: i
     return [u for s in SPLITS for u in by_split[s]]
 
 
+def load_texts(languages: list[str], lexicon_size: int, workers: int) -> None:
+    """Build the (cached) lexicons and sentence pools, several languages at a time: most of the
+    time goes to the espeak-ng checks, which run as subprocesses. The results do not depend on
+    the order, so `plan` stays deterministic."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(lang: str) -> None:
+        lx.lexicon(lang, lexicon_size)
+        lx.sentences(lang)
+
+    lx.django_word_counts("en")  # shared by several languages: compute it once, up front
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        list(pool.map(one, languages))
+
+
 def manifest_row(u: Utterance, duration: float) -> dict:
     row: dict = {"id": u.id, "audio": u.audio}
     if u.split != "unlabelled":
@@ -142,6 +162,14 @@ def manifest_row(u: Utterance, duration: float) -> dict:
 
 
 # ---------------------------------------------------------------- build bookkeeping
+
+
+def recipe_digest() -> str:
+    """sha256 of this recipe's code, so an edit to it invalidates a cached build."""
+    h = hashlib.sha256()
+    for module in (lx, synth, sys.modules[__name__]):
+        h.update(Path(module.__file__).read_bytes())
+    return h.hexdigest()[:16]
 
 
 def versions() -> dict[str, str]:
@@ -217,7 +245,8 @@ def _synthesise_all(jobs: list[synth.Job], workers: int) -> list[float]:
 
     # spawn: workers start clean (no copy of a parent that may hold torch threads); they get
     # Job dataclasses and return floats only.
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=synth.die_with_parent) as pool:
         for duration in pool.map(synth.synthesise, jobs, chunksize=16):
             durations.append(duration)
             progress()
@@ -256,6 +285,7 @@ def main(argv: list[str] | None = None) -> Path:
     config = {
         "recipe": RECIPE,
         "recipe_version": RECIPE_VERSION,
+        "recipe_sha256": recipe_digest(),
         "seed": args.seed,
         "languages": languages,
         "per_language": sizes,
@@ -277,6 +307,7 @@ def main(argv: list[str] | None = None) -> Path:
         (out / f"{split}.jsonl").unlink(missing_ok=True)
 
     start = time.time()
+    load_texts(languages, args.lexicon_size, args.workers)
     utterances = plan(languages, sizes, args.seed, args.lexicon_size)
     print(f"synthesising {len(utterances)} utterances ({len(languages)} languages) with {args.workers} worker(s)")
     jobs = [synth.Job(u.spoken, u.voice, u.rate, u.pitch, str(out / u.audio)) for u in utterances]

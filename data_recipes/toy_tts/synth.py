@@ -27,6 +27,18 @@ class Job:
     path: str  # FLAC file to write
 
 
+def die_with_parent() -> None:
+    """Worker-process initializer (Linux): end this worker when the process that started it dies,
+    so a build killed with SIGKILL leaves no synthesis workers behind."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def espeak_version() -> str:
     out = subprocess.run(["espeak-ng", "--version"], capture_output=True, check=True).stdout.decode()
     m = re.search(r"text-to-speech:\s*(\S+)", out)
