@@ -263,3 +263,145 @@ def config_to_dict(cfg) -> dict:
 
 def config_to_yaml(cfg) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+# ---------------------------------------------------------------------------------------------
+# The distillation recipe (train/distill.py)
+
+
+@dataclass
+class StudentConfig:
+    """The student: a model config (shape, trainable parts, LoRA), optionally started from a checkpoint."""
+
+    model: str = "configs/models/tiny.yaml"
+    checkpoint: Optional[str] = None  # weights to start from (ark-opd / GlmAsr / ARK dir); shape from there
+
+
+@dataclass
+class TeacherConfig:
+    """The teacher: a checkpoint, or (for demos and tests) a random model of a config made on the fly."""
+
+    kind: str = "same_family"  # same_family | qwen3_asr
+    checkpoint: Optional[str] = None
+    model: Optional[str] = "configs/models/tiny.yaml"  # used when no checkpoint: random weights
+    seed: int = 1234
+    init_std: Optional[float] = None  # random teacher only: re-draw weights with this std (peaked outputs)
+    dtype: Optional[str] = None  # default: as saved
+    language_prompt: bool = False
+    max_unmapped: float = 0.05  # refuse to distil if more of the student's tokens have no teacher token
+
+    def __post_init__(self):
+        _require(self.kind in ("same_family", "qwen3_asr"), "teacher.kind",
+                 f"must be same_family or qwen3_asr, got {self.kind!r}")
+        _require(self.checkpoint is not None or self.model is not None, "teacher.checkpoint",
+                 "give a checkpoint (or a model config for a random teacher)")
+        _require(self.kind == "same_family" or self.checkpoint is not None, "teacher.checkpoint",
+                 "a qwen3_asr teacher needs a checkpoint")
+
+
+@dataclass
+class OPDConfig:
+    """Rollouts and the distillation loss."""
+
+    loss: str = "union_topk_kl"  # union_topk_kl (the paper) | jsd | reverse_kl
+    k: int = 32
+    beta: float = 0.5  # jsd only: 0 = forward KL, 1 = reverse KL
+    temperature: float = 1.0
+    n_samples: int = 1
+    max_new_tokens: int = 256
+    do_sample: bool = False  # the paper rolls out greedily
+    sample_temperature: float = 1.0
+    top_p: float = 1.0
+    ce_weight: float = 0.0  # + weight x cross-entropy on reference transcripts, where the batch has them
+    on_policy_fraction: float = 1.0  # GKD's lambda: share of steps on student samples vs reference transcripts
+
+    def __post_init__(self):
+        _require(self.loss in ("union_topk_kl", "jsd", "reverse_kl"), "opd.loss",
+                 f"must be union_topk_kl, jsd or reverse_kl, got {self.loss!r}")
+        _require(self.k >= 1, "opd.k", f"must be >= 1, got {self.k}")
+        _require(0 <= self.beta <= 1, "opd.beta", f"must be in [0, 1], got {self.beta}")
+        _require(self.temperature > 0, "opd.temperature", f"must be > 0, got {self.temperature}")
+        _require(self.n_samples >= 1, "opd.n_samples", f"must be >= 1, got {self.n_samples}")
+        _require(self.max_new_tokens >= 1, "opd.max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
+        _require(0 < self.top_p <= 1, "opd.top_p", f"must be in (0, 1], got {self.top_p}")
+        _require(self.ce_weight >= 0, "opd.ce_weight", f"must be >= 0, got {self.ce_weight}")
+        _require(0 <= self.on_policy_fraction <= 1, "opd.on_policy_fraction",
+                 f"must be in [0, 1], got {self.on_policy_fraction}")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    schedule: str = "constant"  # constant | cosine (both after linear warm-up)
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0  # cosine floor, as a fraction of lr
+    grad_clip: float = 1.0  # 0 = off
+    grad_accum: int = 1
+
+    def __post_init__(self):
+        _require(self.lr > 0, "optim.lr", f"must be > 0, got {self.lr}")
+        _require(self.schedule in ("constant", "cosine"), "optim.schedule",
+                 f"must be constant or cosine, got {self.schedule!r}")
+        _require(self.grad_accum >= 1, "optim.grad_accum", f"must be >= 1, got {self.grad_accum}")
+        _require(len(self.betas) == 2, "optim.betas", f"needs two values, got {self.betas}")
+
+
+@dataclass
+class LogConfig:
+    every: int = 1
+    wandb_mode: str = "offline"  # offline | online | disabled
+    tensorboard: bool = False
+    project: str = "ark-opd"
+
+    def __post_init__(self):
+        _require(self.wandb_mode in ("offline", "online", "disabled"), "log.wandb_mode",
+                 f"must be offline, online or disabled, got {self.wandb_mode!r}")
+
+
+@dataclass
+class EvalConfig:
+    every: int = 0  # steps between dev evaluations; 0 = only at the end
+    batch_size: int = 16
+    max_new_tokens: int = 256
+    language_prompt: bool = False
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 50
+    keep_last: int = 2
+
+    def __post_init__(self):
+        _require(self.every >= 1, "checkpoint.every", f"must be >= 1, got {self.every}")
+        _require(self.keep_last >= 1, "checkpoint.keep_last", f"must be >= 1, got {self.keep_last}")
+
+
+@dataclass
+class DistillConfig:
+    """Everything a distillation run needs; `python train/distill.py --config FILE key=value ...`."""
+
+    output_dir: str = "runs/distill-toy"
+    seed: int = 0
+    max_steps: int = 200
+    resume: str = "auto"  # auto (newest complete checkpoint in output_dir) | never | a checkpoint dir
+    student: StudentConfig = field(default_factory=StudentConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    opd: OPDConfig = field(default_factory=OPDConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    max_nonfinite_in_a_row: int = 5  # NaN/inf losses skip their step; this many in a row stop the run
+    mixed_precision: str = "no"  # no | bf16 | fp16 (accelerate)
+
+    def __post_init__(self):
+        _require(self.max_steps >= 1, "max_steps", f"must be >= 1, got {self.max_steps}")
+        _require(self.mixed_precision in ("no", "bf16", "fp16"), "mixed_precision",
+                 f"must be no, bf16 or fp16, got {self.mixed_precision!r}")
+        _require(self.max_nonfinite_in_a_row >= 1, "max_nonfinite_in_a_row",
+                 f"must be >= 1, got {self.max_nonfinite_in_a_row}")
+        _require(bool(self.data.train), "data.train", "needs at least one manifest")

@@ -212,14 +212,17 @@ def _plain_model(model):
     return model
 
 
-def save_student(model, processor: ArkProcessor, path: str | Path, layout: str = "hf") -> Path:
+def save_student(model, processor: ArkProcessor, path: str | Path, layout: str = "hf",
+                 state_dict: dict | None = None) -> Path:
     """Write a checkpoint dir that `load_student` reads: layout "hf" (GlmAsr, plain transformers can load
-    it) or "ark" (the released ARK-ASR layout)."""
+    it) or "ark" (the released ARK-ASR layout). `state_dict`: weights gathered elsewhere (ZeRO-3)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
+    if state_dict is not None and any("lora_" in k for k in state_dict):
+        state_dict = None  # a LoRA wrapper's own keys: merge from the live model instead
     model = _plain_model(model)
     if layout == "hf":
-        model.save_pretrained(path)
+        model.save_pretrained(path, state_dict=state_dict)
         # transformers records our subclass's name; name the stock class so any tool can map it.
         config_file = path / "config.json"
         saved = json.loads(config_file.read_text())
@@ -229,7 +232,7 @@ def save_student(model, processor: ArkProcessor, path: str | Path, layout: str =
         cfg = model_config_from_glmasr(model.config, processor.tokens, processor.prompt_cfg)
         cfg = replace(cfg, dtype=str(model.dtype).removeprefix("torch."))
         ark_sd = ark_layout.glmasr_to_ark_state_dict(
-            {k: v.detach().cpu() for k, v in model.state_dict().items()}, cfg.encoder)
+            {k: v.detach().cpu() for k, v in (state_dict or model.state_dict()).items()}, cfg.encoder)
         # Tied lm_head and embeddings share storage; safetensors needs them as separate tensors.
         save_file({k: v.clone() for k, v in ark_sd.items()}, path / "model.safetensors", metadata={"format": "pt"})
         ark_cfg = ark_layout.ark_config_from_model_config(cfg, processor.eos_token_ids,

@@ -2,9 +2,10 @@
 
 Every micro-batch of an optimizer step, on every process, divides its summed loss by the same
 number: the unmasked tokens of the whole step across gradient-accumulation micro-batches and
-processes. DDP/DeepSpeed average gradients over processes, so the sum is multiplied back by the
-number of processes. Then batch 8 x accumulation 1 and batch 2 x accumulation 4 give the same
-update, and a process with short transcripts does not weigh more than one with long ones.
+processes. DDP/DeepSpeed average gradients over processes and accelerate (or DeepSpeed) divides
+each micro-batch's loss by the accumulation steps, so the sum is multiplied back by
+processes x accumulation steps. Then batch 8 x accumulation 1 and batch 2 x accumulation 4 give
+the same update, and a process with short transcripts does not weigh more than one with long ones.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ def global_token_count(masks_B_T: list[torch.Tensor], accelerator=None) -> torch
 
 
 def token_mean(loss_B_T: torch.Tensor, mask_B_T: torch.Tensor, global_tokens: torch.Tensor | float,
-               num_processes: int = 1) -> torch.Tensor:
+               averaged_over: int = 1) -> torch.Tensor:
     """This micro-batch's share of the step loss: sum over unmasked tokens / global token count,
-    times the process count (undoing the gradient averaging across processes)."""
+    times `averaged_over` = processes x accumulation steps (undoing the averaging the engines apply)."""
     masked = torch.where(mask_B_T, loss_B_T, torch.zeros_like(loss_B_T))
-    return masked.sum() * num_processes / global_tokens
+    return masked.sum() * averaged_over / global_tokens

@@ -1,0 +1,71 @@
+"""Save and resume everything that defines a run: model, optimizer, scheduler, RNG states (through
+`accelerator.save_state`, which also handles DeepSpeed), plus the step, the sampler position and
+the evaluator's history in `trainer_state.json`.
+
+A checkpoint is written into `checkpoints/.tmp-step-N` and renamed to `checkpoints/step-N` only
+when complete, so a run killed at any moment leaves either a whole checkpoint or none;
+`trainer_state.json` is the last file written. `resume=auto` takes the newest complete one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+STATE_FILE = "trainer_state.json"
+_STEP = re.compile(r"^step-(\d+)$")
+
+
+def complete_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    folder = Path(run_dir) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _STEP.match(p.name)) and (p / STATE_FILE).exists()]
+    return [p for _, p in sorted(found)]
+
+
+def resolve_resume(resume: str, run_dir: str | Path) -> Path | None:
+    """The checkpoint to resume from: `auto` (newest complete, or none), `never`, or an explicit dir."""
+    if resume == "never":
+        return None
+    if resume == "auto":
+        found = complete_checkpoints(run_dir)
+        return found[-1] if found else None
+    path = Path(resume)
+    if not (path / STATE_FILE).exists():
+        raise FileNotFoundError(f"resume={resume}: not a complete checkpoint (no {STATE_FILE})")
+    return path
+
+
+def save_checkpoint(accelerator, run_dir: str | Path, step: int, state: dict, keep_last: int = 2) -> Path:
+    """Write checkpoint `step-N` atomically on all processes; keep the newest `keep_last`."""
+    folder = Path(run_dir) / "checkpoints"
+    final, tmp = folder / f"step-{step}", folder / f".tmp-step-{step}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        with open(tmp / STATE_FILE, "w") as f:
+            json.dump({"step": step, **state}, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in complete_checkpoints(run_dir)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(accelerator, path: str | Path) -> dict:
+    """Restore model, optimizer, scheduler and RNG states; return the trainer state (step, sampler, ...)."""
+    accelerator.load_state(str(path))
+    return json.loads((Path(path) / STATE_FILE).read_text())

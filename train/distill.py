@@ -1,0 +1,242 @@
+"""On-policy distillation: the student transcribes, the teacher scores every token, the student learns.
+
+    accelerate launch train/distill.py [--config configs/distill/toy.yaml] [key=value ...]
+    python train/distill.py --config configs/distill/toy.yaml max_steps=20      # one process
+
+Reads top to bottom: config -> accelerator and run folder -> student, teacher, data, optimizer ->
+resume -> loop (collect rollouts and teacher scores; update) with logging, dev evaluation and
+checkpoints -> final model. The default config is the bundled toy setup.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+if __package__ in (None, ""):  # run as a file: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from accelerate import Accelerator  # noqa: E402
+from accelerate.utils import InitProcessGroupKwargs, set_seed  # noqa: E402
+from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup  # noqa: E402
+
+from train.checkpoint import load_checkpoint, resolve_resume, save_checkpoint  # noqa: E402
+from train.config import DistillConfig, ModelConfig, config_to_dict, config_to_yaml, load_config  # noqa: E402
+from train.data.audio import AudioLimits, SkipCounter  # noqa: E402
+from train.data.loader import make_loader  # noqa: E402
+from train.eval.periodic import PeriodicEvaluator  # noqa: E402
+from train.eval.timed import StudentTranscriber  # noqa: E402
+from train.models import build_student, configure_training, load_student, save_student  # noqa: E402
+from train.opd.step import collect, update  # noqa: E402
+from train.run_log import RunLog  # noqa: E402
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "distill" / "toy.yaml"
+TOY_DIR = "data/toy_tts"
+
+
+def make_accelerator(cfg: DistillConfig) -> Accelerator:
+    trackers = []
+    if cfg.log.wandb_mode != "disabled":
+        trackers.append("wandb")
+    if cfg.log.tensorboard:
+        trackers.append("tensorboard")
+    # gloo: DeepSpeed on CPU needs it (ENVIRONMENT.md); NCCL is chosen as usual on GPUs.
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    kwargs = [InitProcessGroupKwargs(backend="gloo")] if distributed and not torch.cuda.is_available() else []
+    return Accelerator(gradient_accumulation_steps=cfg.optim.grad_accum, mixed_precision=cfg.mixed_precision,
+                       log_with=trackers or None, project_dir=cfg.output_dir, kwargs_handlers=kwargs,
+                       cpu=not torch.cuda.is_available())
+
+
+def prepare_run_dir(cfg: DistillConfig, accelerator) -> Path:
+    run_dir = Path(cfg.output_dir)
+    if accelerator.is_main_process:
+        for sub in ("checkpoints", "eval", "plots"):
+            (run_dir / sub).mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
+    accelerator.wait_for_everyone()
+    return run_dir
+
+
+def build_student_model(cfg: DistillConfig):
+    model_cfg = load_config(ModelConfig, cfg.student.model)
+    if cfg.student.checkpoint:
+        model, processor = load_student(cfg.student.checkpoint)
+        return configure_training(model.train(), model_cfg), processor
+    model, processor = build_student(model_cfg)
+    return model.train(), processor
+
+
+def build_teacher(cfg: DistillConfig, student_processor, device):
+    t = cfg.teacher
+    if t.kind == "qwen3_asr":
+        from train.teachers.qwen3_asr import Qwen3ASRTeacher
+
+        return Qwen3ASRTeacher.from_pretrained(t.checkpoint, student_processor, dtype=t.dtype, device=device,
+                                               max_unmapped=t.max_unmapped)
+    from train.teachers.same_family import SameFamilyTeacher
+
+    if t.checkpoint:
+        return SameFamilyTeacher.from_pretrained(t.checkpoint, dtype=t.dtype, device=device,
+                                                 language_prompt=t.language_prompt)
+    torch.manual_seed(t.seed)  # a random teacher of a config: for demos and tests
+    model, processor = build_student(load_config(ModelConfig, t.model))
+    if t.init_std:  # N(0, init_std^2 / fan_in): peaked, varied outputs instead of near-uniform ones
+        gen = torch.Generator().manual_seed(t.seed)
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.ndim >= 2:
+                    p.copy_(torch.randn(p.shape, generator=gen) * t.init_std / p.shape[-1] ** 0.5)
+    return SameFamilyTeacher(model.to(device), processor, name=f"random:{t.model}", language_prompt=t.language_prompt)
+
+
+def build_optimizer(cfg: DistillConfig, model):
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("nothing to train: the model config freezes every part")
+    optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
+                                  weight_decay=cfg.optim.weight_decay)
+    if cfg.optim.schedule == "cosine":
+        scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.optim.warmup_steps, cfg.max_steps)
+    else:
+        scheduler = get_constant_schedule_with_warmup(optimizer, cfg.optim.warmup_steps)
+    return optimizer, scheduler
+
+
+def batches_forever(loader):
+    """Batches across epochs (the sampler advances its own epoch)."""
+    while True:
+        yield from loader
+
+
+def ensure_toy_corpus(cfg: DistillConfig, accelerator) -> None:
+    """The bundled toy setup builds its corpus on first use (about 2 minutes, offline)."""
+    paths = [s.path for s in cfg.data.train + cfg.data.dev]
+    if not any(p.startswith(TOY_DIR + "/") and not Path(p).exists() for p in paths):
+        return
+    if accelerator.is_main_process:
+        from data_recipes.toy_tts.prepare import main as build_toy
+
+        build_toy(["--out", TOY_DIR, "--seed", "0"])
+    accelerator.wait_for_everyone()
+
+
+def main(cfg: DistillConfig) -> dict:
+    accelerator = make_accelerator(cfg)
+    set_seed(cfg.seed, device_specific=True)
+    ensure_toy_corpus(cfg, accelerator)
+    run_dir = prepare_run_dir(cfg, accelerator)
+
+    student, processor = build_student_model(cfg)
+    teacher = build_teacher(cfg, processor, accelerator.device)
+    needs_audio = cfg.teacher.kind == "qwen3_asr" or (
+        teacher.processor.feature_extractor.feature_size != processor.feature_extractor.feature_size)
+    cfg.data.keep_audio = cfg.data.keep_audio or needs_audio
+    loader = make_loader(cfg.data.train, processor, cfg.data, seed=cfg.seed, num_replicas=accelerator.num_processes,
+                         rank=accelerator.process_index)
+    sampler = loader.batch_sampler
+    evaluator = PeriodicEvaluator([s.path for s in cfg.data.dev], run_dir, max(cfg.eval.every, 1), accelerator,
+                                  cfg.eval.batch_size, AudioLimits(cfg.data.min_seconds, cfg.data.max_seconds))
+    optimizer, scheduler = build_optimizer(cfg, student)
+    student, optimizer, scheduler = accelerator.prepare(student, optimizer, scheduler)
+    allowed_V = processor.allowed_token_mask(accelerator.unwrap_model(student).config.text_config.vocab_size)
+
+    step, last_batch, skipped, nonfinite_run = 0, None, SkipCounter(), 0
+    resume_from = resolve_resume(cfg.resume, run_dir)
+    if resume_from is not None:
+        state = load_checkpoint(accelerator, resume_from)
+        step, skipped = state["step"], SkipCounter(state["skipped"])
+        sampler.load_state_dict(state["sampler"])
+        evaluator.load_state_dict(state["evaluator"])
+        accelerator.print(f"resumed from {resume_from} at step {step}")
+
+    log = RunLog(accelerator, run_dir, cfg.max_steps, step, cfg.log, config_to_dict(cfg))
+    data = batches_forever(loader)
+    generator = torch.Generator(device=accelerator.device)
+    kill_at = int(os.environ.get("ARK_OPD_KILL_AT_STEP", "0"))  # fault injection for the resume test
+    while step < cfg.max_steps:
+        step += 1
+        started = time.perf_counter()
+        # Seeded per step and rank, so a resumed run samples exactly what it would have.
+        generator.manual_seed(cfg.seed * 1_000_003 + step * 1_009 + accelerator.process_index)
+        on_policy = torch.rand((), generator=generator, device=generator.device).item() < cfg.opd.on_policy_fraction
+        batches = [next(data) for _ in range(cfg.optim.grad_accum)]
+        for b in batches:
+            skipped.update(b["skipped"])
+        micro = collect(accelerator.unwrap_model(student), processor, teacher, batches, cfg.opd, on_policy,
+                        generator, accelerator.device)
+        rolled = time.perf_counter()
+        if kill_at and step == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        stats = update(accelerator, student, optimizer, scheduler, micro, cfg.opd, allowed_V, cfg.optim.grad_clip)
+        last_batch = (batches[-1]["epoch"], batches[-1]["position"])
+        nonfinite_run = nonfinite_run + 1 if stats["nonfinite"] else 0
+        if nonfinite_run >= cfg.max_nonfinite_in_a_row:
+            raise RuntimeError(f"{nonfinite_run} non-finite losses in a row at step {step}; the last good "
+                               f"checkpoint in {run_dir / 'checkpoints'} is intact")
+        log.log(step, {**stats, **rollout_stats(micro, processor), "lr": scheduler.get_last_lr()[0],
+                       "rollout_seconds": rolled - started, "step_seconds": time.perf_counter() - started,
+                       "skipped_files": sum(skipped.values()), "on_policy": float(on_policy)})
+        if cfg.eval.every and evaluator.due(step):
+            run_dev_eval(evaluator, step, student, processor, cfg, accelerator, log)
+        if step % cfg.checkpoint.every == 0 or step == cfg.max_steps:
+            save_checkpoint(accelerator, run_dir, step, {"sampler": sampler.state_dict(after=last_batch),
+                                                         "evaluator": evaluator.state_dict(),
+                                                         "skipped": dict(skipped)}, cfg.checkpoint.keep_last)
+
+    final_report = run_dev_eval(evaluator, step, student, processor, cfg, accelerator, log) \
+        if not cfg.eval.every or not evaluator.due(step) else None
+    save_final(accelerator, student, processor, run_dir)
+    log.close()
+    accelerator.print(skipped.report())
+    return {"step": step, "run_dir": str(run_dir), "final_eval": final_report}
+
+
+def rollout_stats(micro, processor) -> dict:
+    rows = [mb for mb in micro if mb.rollout is not None]
+    if not rows:
+        return {}
+    lengths = torch.cat([mb.rollout.mask_B_T.sum(-1).float() for mb in rows])
+    eos = torch.tensor(processor.eos_token_ids, device=rows[0].rollout.tokens_B_T.device)
+    ended = torch.cat([torch.isin(mb.rollout.tokens_B_T, eos).any(-1).float() for mb in rows])
+    return {"rollout_length": float(lengths.mean()), "eos_rate": float(ended.mean()),
+            "samples": float(len(lengths)), "rollout_tokens": float(lengths.sum())}
+
+
+def run_dev_eval(evaluator, step, student, processor, cfg, accelerator, log) -> dict | None:
+    model = accelerator.unwrap_model(student)
+    was_training = model.training
+    model.eval()
+    report = evaluator.evaluate(step, StudentTranscriber(model, processor, max_new_tokens=cfg.eval.max_new_tokens,
+                                                         language_prompt=cfg.eval.language_prompt))
+    model.train(was_training)
+    if report is not None and accelerator.is_main_process:
+        with open(Path(cfg.output_dir) / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"step": step, **evaluator.metrics(report)}) + "\n")
+    return report
+
+
+def save_final(accelerator, student, processor, run_dir: Path) -> None:
+    state_dict = accelerator.get_state_dict(student)  # gathers ZeRO-3 shards
+    if accelerator.is_main_process:
+        save_student(accelerator.unwrap_model(student), processor, run_dir / "final", state_dict=state_dict)
+    accelerator.wait_for_everyone()
+
+
+def parse_args(argv: list[str] | None = None) -> DistillConfig:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG))
+    parser.add_argument("overrides", nargs="*", help="key=value, e.g. max_steps=20 opd.k=16")
+    args = parser.parse_args(argv)
+    return load_config(DistillConfig, args.config, args.overrides)
+
+
+if __name__ == "__main__":
+    main(parse_args())

@@ -1,0 +1,155 @@
+"""One optimizer step of on-policy distillation, in two phases.
+
+collect(): for each micro-batch of the step, roll out the student (or take the reference
+transcripts, GKD's lambda) and have the teacher score it; no gradient. Knowing every
+micro-batch's token mask first gives the global token count the loss is normalised by.
+update(): for each micro-batch, re-score the student's tokens with gradient, compute the loss,
+backward (accelerate handles DDP no_sync / DeepSpeed accumulation), and step at the end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from train.config import OPDConfig
+from train.opd.losses import (
+    generalized_jsd,
+    sampled_token_reverse_kl,
+    token_logp,
+    token_nll,
+    union_topk_forward_kl_from_scores,
+)
+from train.opd.reduction import global_token_count, token_mean
+from train.opd.rollout import Rollout, rescore, rollout
+from train.teachers.base import TokenScores
+
+
+@dataclass
+class MicroBatch:
+    batch: dict
+    rollout: Rollout | None  # None: the batch held no usable clip
+    scores: TokenScores | None
+    on_policy: bool
+
+
+def reference_rollout(batch: dict, pad_token_id: int, device) -> Rollout:
+    """The batch's reference transcripts laid out as a rollout (the off-policy part of GKD's lambda)."""
+    labels = batch["labels"]
+    targets = [row[row != -100] for row in labels]
+    width = max(len(t) for t in targets)
+    tokens = torch.full((len(targets), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros(len(targets), width, dtype=torch.bool)
+    for i, t in enumerate(targets):
+        tokens[i, : len(t)], mask[i, : len(t)] = t, True
+    return Rollout(tokens_B_T=tokens.to(device), mask_B_T=mask.to(device), logprobs_B_T=None,
+                   source_B=torch.arange(len(targets), device=device),
+                   prompt_ids_B_S=batch["prompt_ids"].to(device), prompt_mask_B_S=batch["prompt_mask"].to(device))
+
+
+@torch.no_grad()
+def collect(student, processor, teacher, batches: list[dict], opd: OPDConfig, on_policy: bool,
+            generator: torch.Generator, device) -> list[MicroBatch]:
+    out = []
+    for batch in batches:
+        if not batch["size"]:
+            out.append(MicroBatch(batch, None, None, on_policy))
+            continue
+        use_policy = on_policy or "labels" not in batch
+        if use_policy:
+            ro = rollout(student, processor, batch, n_samples=opd.n_samples, max_new_tokens=opd.max_new_tokens,
+                         do_sample=opd.do_sample, temperature=opd.sample_temperature, top_p=opd.top_p,
+                         generator=generator, topk=opd.k if opd.loss == "union_topk_kl" else None)
+        else:
+            ro = reference_rollout(batch, processor.pad_token_id, device)
+        extra = ro.student_topk_ids_B_T_K
+        if opd.loss == "union_topk_kl" and extra is None:  # reference transcripts: student top-k now
+            logits = rescore(student, batch, ro)
+            extra = logits.topk(opd.k, dim=-1).indices
+        scores = teacher.score(batch, ro, extra_ids_B_T_E=extra, k=opd.k, temperature=opd.temperature,
+                               full=opd.loss == "jsd")
+        out.append(MicroBatch(batch, ro, scores, use_policy))
+    return out
+
+
+def distillation_loss(logits_B_T_V: torch.Tensor, mb: MicroBatch, opd: OPDConfig, allowed_V) -> torch.Tensor:
+    """Per-token loss_B_T of the configured form (no masking or normalisation here)."""
+    ro, scores = mb.rollout, mb.scores
+    if opd.loss == "union_topk_kl":
+        return union_topk_forward_kl_from_scores(logits_B_T_V, scores)
+    if opd.loss == "jsd":
+        if scores.full_logp_B_T_V is None:
+            raise ValueError("opd.loss=jsd needs the teacher's full-vocabulary log-probs (same vocabulary)")
+        return generalized_jsd(logits_B_T_V, scores.full_logp_B_T_V, opd.beta, temperature=1.0)
+    student_logp = token_logp(logits_B_T_V, ro.tokens_B_T, allowed_V)
+    sampling = ro.logprobs_B_T if ro.logprobs_B_T is not None else student_logp.detach()
+    return sampled_token_reverse_kl(student_logp, scores.sampled_logp_B_T, sampling)
+
+
+def zero_loss(model) -> torch.Tensor:
+    """A zero that touches every trainable parameter: keeps DDP/DeepSpeed collectives in step when a
+    micro-batch has nothing to learn from (all clips skipped, or a non-finite loss)."""
+    return sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
+
+
+def update(accelerator, student, optimizer, scheduler, micro: list[MicroBatch], opd: OPDConfig, allowed_V,
+           grad_clip: float) -> dict:
+    """Backward every micro-batch with the global token normalisation, then step (unless non-finite)."""
+    masks = [mb.scores.mask_B_T for mb in micro if mb.scores is not None]
+    n_tokens = global_token_count(masks or [torch.zeros(1, dtype=torch.bool, device=accelerator.device)],
+                                  accelerator)
+    averaged_over = accelerator.num_processes * accelerator.gradient_accumulation_steps
+    local_loss, kl_sum, agree, scored, nonfinite, grad_norm = 0.0, 0.0, 0, 0, False, None
+    for mb in micro:
+        with accelerator.accumulate(student):
+            if mb.rollout is None:
+                loss = zero_loss(student)
+            else:
+                logits = rescore(student, mb.batch, mb.rollout)
+                loss_B_T = distillation_loss(logits, mb, opd, allowed_V)
+                loss = token_mean(loss_B_T, mb.scores.mask_B_T, n_tokens, averaged_over)
+                if opd.ce_weight and "labels" in mb.batch and mb.on_policy:
+                    loss = loss + opd.ce_weight * _reference_ce(student, mb.batch, averaged_over)
+                with torch.no_grad():
+                    m = mb.scores.mask_B_T
+                    kl_sum += float(union_topk_forward_kl_from_scores(logits.detach(), mb.scores)[m].sum()) \
+                        if mb.scores.extra_ids_B_T_E is not None else 0.0
+                    agree += int((logits.detach().argmax(-1) == mb.scores.topk_ids_B_T_K[..., 0])[m].sum())
+                    scored += int(m.sum())
+            finite = torch.isfinite(loss.detach()).float()
+            if accelerator.num_processes > 1:
+                finite = accelerator.reduce(finite, reduction="min")
+            if not bool(finite):
+                nonfinite = True
+                loss = zero_loss(student)
+            accelerator.backward(loss)
+            local_loss += float(loss.detach()) / averaged_over  # this process's share of the step mean
+            if accelerator.sync_gradients:
+                grad_norm = accelerator.clip_grad_norm_(student.parameters(), grad_clip) if grad_clip else None
+                if nonfinite:
+                    optimizer.zero_grad()
+                else:
+                    optimizer.step()
+                    scheduler.step()
+                optimizer.zero_grad()
+    sums = torch.tensor([local_loss, kl_sum, agree, scored], dtype=torch.float64, device=accelerator.device)
+    if accelerator.num_processes > 1:
+        sums = accelerator.reduce(sums, reduction="sum")
+    loss_sum, kl_sum, agree, scored = sums.tolist()
+    return {"loss": loss_sum, "tokens": float(n_tokens), "kl": kl_sum / scored if scored else None,
+            "agreement": agree / scored if scored else None, "nonfinite": nonfinite,
+            "grad_norm": float(grad_norm) if grad_norm is not None else None}
+
+
+def _reference_ce(student, batch: dict, averaged_over: int) -> torch.Tensor:
+    """Cross-entropy on the reference transcript, normalised by this micro-batch's target tokens."""
+    param = next(student.parameters())
+    ids = batch["input_ids"].to(param.device)
+    out = student(input_ids=ids, attention_mask=batch["attention_mask"].to(param.device),
+                  input_features=batch["input_features"].to(param.device, param.dtype),
+                  input_features_mask=batch["input_features_mask"].to(param.device))
+    labels = batch["labels"].to(param.device)
+    targets = labels[:, 1:]
+    nll = token_nll(out.logits[:, :-1], targets)
+    return token_mean(nll, targets >= 0, (targets >= 0).sum().clamp(min=1), averaged_over) / averaged_over

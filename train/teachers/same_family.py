@@ -1,0 +1,70 @@
+"""A student-shaped teacher: any checkpoint `train.models` loads (a bigger GlmAsr/ARK model).
+
+It builds its own prompt (its tokenizer, its placeholder count), takes the audio through its own
+front end when its mel bins differ from the student's, encodes each utterance once and repeats
+the audio embeddings for the n samples of that utterance, and scores the student's tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from train.models.generation import left_padded_positions
+from train.models.processor import HOP_LENGTH
+from train.opd.rollout import Rollout
+from train.teachers.base import TokenScores, gather_scores
+
+
+class SameFamilyTeacher:
+    def __init__(self, model, processor, name: str = "teacher", language_prompt: bool = False, token_map=None):
+        self.model, self.processor, self.name = model.eval(), processor, name
+        self.language_prompt = language_prompt
+        self.token_map = token_map  # None: the vocabularies are the same
+        self.model.requires_grad_(False)
+
+    @classmethod
+    def from_pretrained(cls, path, dtype=None, device=None, **kwargs) -> "SameFamilyTeacher":
+        from train.models import load_student
+
+        model, processor = load_student(path, dtype=dtype, device=device)
+        return cls(model, processor, name=str(path), **kwargs)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def _features(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """The teacher's log-mel features of each utterance (the batch's own if the front ends agree)."""
+        student_bins = batch["input_features"].shape[1]
+        if student_bins == self.processor.feature_extractor.feature_size:
+            return batch["input_features"], batch["input_features_mask"]
+        if "audio" not in batch:
+            raise ValueError(f"the teacher uses {self.processor.feature_extractor.feature_size} mel bins, the "
+                             f"student {student_bins}: the batch must carry raw audio (data.keep_audio=true)")
+        return self.processor.features(batch["audio"])
+
+    @torch.no_grad()
+    def score(self, batch: dict, rollout: Rollout, extra_ids_B_T_E: torch.Tensor | None = None, k: int = 32,
+              temperature: float = 1.0, full: bool = False) -> TokenScores:
+        device, dtype = self.device, next(self.model.parameters()).dtype
+        feats, mask = self._features(batch)
+        # Each utterance's audio once, however many samples the rollout drew from it.
+        audio = self.model.model.get_audio_features(feats.to(device, dtype), mask.to(device)).pooler_output
+        frames = mask.sum(-1).tolist()
+        per_utt = list(torch.split(audio, [self.processor.audio_token_count(f * HOP_LENGTH) for f in frames]))
+        source = rollout.source_B.tolist()
+        languages = [batch["languages"][i] if self.language_prompt else None for i in source]
+        prompts = self.processor.prompt_ids([frames[i] * HOP_LENGTH for i in source], languages)
+        tokens = rollout.tokens_B_T if self.token_map is None else self.token_map.to_teacher(rollout.tokens_B_T)
+        scored = rollout.mask_B_T & (tokens >= 0)
+        ids = torch.cat([prompts["input_ids"].to(device), tokens.clamp(min=0)], dim=1)
+        attn = torch.cat([prompts["attention_mask"].to(device), scored.long()], dim=1)
+        embeds = self.model.get_input_embeddings()(ids)
+        placeholder = ids == self.processor.audio_token_id
+        embeds = embeds.masked_scatter(placeholder[..., None], torch.cat([per_utt[i] for i in source]).to(embeds.dtype))
+        new = tokens.shape[1]
+        logits = self.model(inputs_embeds=embeds, attention_mask=attn, position_ids=left_padded_positions(attn),
+                            logits_to_keep=new + 1).logits[:, :new]
+        if self.token_map is not None:
+            logits = self.token_map.logits_to_student(logits)
+        return gather_scores(logits, rollout.tokens_B_T, scored, k, temperature, extra_ids_B_T_E, full)
