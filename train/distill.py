@@ -11,6 +11,7 @@ checkpoints -> final model. The default config is the bundled toy setup.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import signal
@@ -24,7 +25,7 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from accelerate import Accelerator  # noqa: E402
-from accelerate.utils import InitProcessGroupKwargs, set_seed  # noqa: E402
+from accelerate.utils import InitProcessGroupKwargs, gather_object, set_seed  # noqa: E402
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup  # noqa: E402
 
 from train.checkpoint import load_checkpoint, resolve_resume, save_checkpoint  # noqa: E402
@@ -224,10 +225,29 @@ def run_dev_eval(evaluator, step, student, processor, cfg, accelerator, log) -> 
 
 
 def save_final(accelerator, student, processor, run_dir: Path) -> None:
-    state_dict = accelerator.get_state_dict(student)  # gathers ZeRO-3 shards
+    """The final model, and a check that data-parallel ranks ended with the same parameters."""
+    state_dict = accelerator.get_state_dict(student)  # gathers ZeRO-3 shards onto rank 0
+    digests = gather_object([parameter_digest(state_dict)]) if accelerator.num_processes > 1 else [
+        parameter_digest(state_dict)]
     if accelerator.is_main_process:
         save_student(accelerator.unwrap_model(student), processor, run_dir / "final", state_dict=state_dict)
+        (run_dir / "final" / "rank_digests.json").write_text(json.dumps(digests))
+        if not is_zero3(accelerator) and len(set(digests)) > 1:
+            raise RuntimeError(f"data-parallel ranks ended with different parameters: {digests}")
     accelerator.wait_for_everyone()
+
+
+def parameter_digest(state_dict: dict) -> str:
+    digest = hashlib.sha256()
+    for key in sorted(state_dict):
+        digest.update(key.encode())
+        digest.update(state_dict[key].detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def is_zero3(accelerator) -> bool:
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    return plugin is not None and plugin.zero_stage == 3
 
 
 def parse_args(argv: list[str] | None = None) -> DistillConfig:

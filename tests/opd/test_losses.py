@@ -188,3 +188,15 @@ def test_token_nll_and_masked_mean():
     poisoned = nll.clone()
     poisoned[~mask] = float("nan")
     assert torch.isfinite(token_mean(poisoned, mask, 3.0))
+
+
+def test_reverse_kl_is_nan_safe_at_unrepresentable_positions():
+    logits = _logits(1, 3, 6, seed=21).requires_grad_(True)
+    allowed = torch.tensor([True, True, True, True, False, False])
+    tokens = torch.tensor([[1, 5, 2]])  # token 5 is blocked by the filter: log p = -inf (padding after EOS)
+    s_logp = token_logp(logits, tokens, allowed)
+    t_logp = torch.tensor([[-1.0, float("-inf"), -2.0]], dtype=torch.float64)
+    loss = sampled_token_reverse_kl(s_logp, t_logp, s_logp.detach())
+    assert torch.isfinite(loss).all() and loss[0, 1] == 0
+    loss.sum().backward()
+    assert torch.isfinite(logits.grad).all()

@@ -115,9 +115,16 @@ def sampled_token_reverse_kl(student_logp_B_T: torch.Tensor, teacher_logp_B_T: t
     carries the gradient); loss = −ρ·A, whose value is the sampled reverse-KL estimate and whose
     gradient is the policy gradient −A·∇log p_student.
     """
-    advantage = -(_up(student_logp_B_T.detach()) - _up(teacher_logp_B_T))
-    ratio = torch.exp(_up(student_logp_B_T) - _up(sampling_logp_B_T))
-    return -ratio * advantage
+    student, teacher, sampling = _up(student_logp_B_T), _up(teacher_logp_B_T), _up(sampling_logp_B_T)
+    # Padding and tokens one side cannot represent have -inf log-probs: they give 0 loss and, unlike
+    # 0 * inf, 0 gradient (the mask drops them from the mean anyway).
+    finite = torch.isfinite(student.detach()) & torch.isfinite(teacher) & torch.isfinite(sampling)
+    student = torch.where(finite, student, torch.zeros_like(student))
+    teacher = torch.where(finite, teacher, torch.zeros_like(teacher))
+    sampling = torch.where(finite, sampling, torch.zeros_like(sampling))
+    advantage = -(student.detach() - teacher)
+    ratio = torch.exp(student - sampling)
+    return torch.where(finite, -ratio * advantage, torch.zeros_like(advantage))
 
 
 def token_nll(logits_B_T_V: torch.Tensor, targets_B_T: torch.Tensor) -> torch.Tensor:

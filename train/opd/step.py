@@ -126,7 +126,9 @@ def update(accelerator, student, optimizer, scheduler, micro: list[MicroBatch], 
             accelerator.backward(loss)
             local_loss += float(loss.detach()) / averaged_over  # this process's share of the step mean
             if accelerator.sync_gradients:
-                grad_norm = accelerator.clip_grad_norm_(student.parameters(), grad_clip) if grad_clip else None
+                grad_norm = accelerator.clip_grad_norm_(student.parameters(), grad_clip or float("inf"))
+                if grad_norm is not None and not torch.isfinite(torch.as_tensor(grad_norm)).all():
+                    nonfinite = True  # a finite loss can still give non-finite gradients
                 if nonfinite:
                     optimizer.zero_grad()
                 else:
