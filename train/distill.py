@@ -11,6 +11,7 @@ checkpoints -> final model. The default config is the bundled toy setup.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -51,9 +52,12 @@ def make_accelerator(cfg: DistillConfig) -> Accelerator:
     # gloo: DeepSpeed on CPU needs it (ENVIRONMENT.md); NCCL is chosen as usual on GPUs.
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     kwargs = [InitProcessGroupKwargs(backend="gloo")] if distributed and not torch.cuda.is_available() else []
+    # Without a GPU, `cpu=True` makes a multi-GPU launch run on CPUs; but it would also switch
+    # DeepSpeed off, which runs on CPUs by itself.
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
     return Accelerator(gradient_accumulation_steps=cfg.optim.grad_accum, mixed_precision=cfg.mixed_precision,
                        log_with=trackers or None, project_dir=cfg.output_dir, kwargs_handlers=kwargs,
-                       cpu=not torch.cuda.is_available())
+                       cpu=not torch.cuda.is_available() and not deepspeed)
 
 
 def prepare_run_dir(cfg: DistillConfig, accelerator) -> Path:
@@ -75,7 +79,7 @@ def build_student_model(cfg: DistillConfig):
     return model.train(), processor
 
 
-def build_teacher(cfg: DistillConfig, student_processor, device):
+def build_teacher(cfg: DistillConfig, student_processor, student_vocab_size: int, device):
     t = cfg.teacher
     if t.kind == "qwen3_asr":
         from train.teachers.qwen3_asr import Qwen3ASRTeacher
@@ -85,8 +89,9 @@ def build_teacher(cfg: DistillConfig, student_processor, device):
     from train.teachers.same_family import SameFamilyTeacher
 
     if t.checkpoint:
-        return SameFamilyTeacher.from_pretrained(t.checkpoint, dtype=t.dtype, device=device,
-                                                 language_prompt=t.language_prompt)
+        return SameFamilyTeacher.from_pretrained(t.checkpoint, student_processor, student_vocab_size, dtype=t.dtype,
+                                                 device=device, language_prompt=t.language_prompt,
+                                                 max_unmapped=t.max_unmapped)
     torch.manual_seed(t.seed)  # a random teacher of a config: for demos and tests
     model, processor = build_student(load_config(ModelConfig, t.model))
     if t.init_std:  # N(0, init_std^2 / fan_in): peaked, varied outputs instead of near-uniform ones
@@ -95,7 +100,8 @@ def build_teacher(cfg: DistillConfig, student_processor, device):
             for p in model.parameters():
                 if p.ndim >= 2:
                     p.copy_(torch.randn(p.shape, generator=gen) * t.init_std / p.shape[-1] ** 0.5)
-    return SameFamilyTeacher(model.to(device), processor, name=f"random:{t.model}", language_prompt=t.language_prompt)
+    return SameFamilyTeacher(model.to(device), processor, student_processor, student_vocab_size,
+                             name=f"random:{t.model}", language_prompt=t.language_prompt, max_unmapped=t.max_unmapped)
 
 
 def build_optimizer(cfg: DistillConfig, model):
@@ -136,7 +142,8 @@ def main(cfg: DistillConfig) -> dict:
     run_dir = prepare_run_dir(cfg, accelerator)
 
     student, processor = build_student_model(cfg)
-    teacher = build_teacher(cfg, processor, accelerator.device)
+    with no_zero3_init(accelerator):  # the teacher is not trained: whole weights on every rank
+        teacher = build_teacher(cfg, processor, student.config.text_config.vocab_size, accelerator.device)
     needs_audio = cfg.teacher.kind == "qwen3_asr" or (
         teacher.processor.feature_extractor.feature_size != processor.feature_extractor.feature_size)
     cfg.data.keep_audio = cfg.data.keep_audio or needs_audio
@@ -146,7 +153,11 @@ def main(cfg: DistillConfig) -> dict:
     evaluator = PeriodicEvaluator([s.path for s in cfg.data.dev], run_dir, max(cfg.eval.every, 1), accelerator,
                                   cfg.eval.batch_size, AudioLimits(cfg.data.min_seconds, cfg.data.max_seconds))
     optimizer, scheduler = build_optimizer(cfg, student)
+    if getattr(accelerator.state, "deepspeed_plugin", None) is not None:
+        # Batches are sized by audio seconds, not by count; DeepSpeed uses this number only for its logs.
+        accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = 1
     student, optimizer, scheduler = accelerator.prepare(student, optimizer, scheduler)
+    all_done = decoding_sync(accelerator)
     allowed_V = processor.allowed_token_mask(accelerator.unwrap_model(student).config.text_config.vocab_size)
 
     step, last_batch, skipped, nonfinite_run = 0, None, SkipCounter(), 0
@@ -172,7 +183,7 @@ def main(cfg: DistillConfig) -> dict:
         for b in batches:
             skipped.update(b["skipped"])
         micro = collect(accelerator.unwrap_model(student), processor, teacher, batches, cfg.opd, on_policy,
-                        generator, accelerator.device)
+                        generator, accelerator.device, all_done)
         rolled = time.perf_counter()
         if kill_at and step == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
@@ -216,7 +227,8 @@ def run_dev_eval(evaluator, step, student, processor, cfg, accelerator, log) -> 
     was_training = model.training
     model.eval()
     report = evaluator.evaluate(step, StudentTranscriber(model, processor, max_new_tokens=cfg.eval.max_new_tokens,
-                                                         language_prompt=cfg.eval.language_prompt))
+                                                         language_prompt=cfg.eval.language_prompt,
+                                                         sampling={"all_done": decoding_sync(accelerator)}))
     model.train(was_training)
     if report is not None and accelerator.is_main_process:
         with open(Path(cfg.output_dir) / "metrics.jsonl", "a") as f:
@@ -232,17 +244,49 @@ def save_final(accelerator, student, processor, run_dir: Path) -> None:
     if accelerator.is_main_process:
         save_student(accelerator.unwrap_model(student), processor, run_dir / "final", state_dict=state_dict)
         (run_dir / "final" / "rank_digests.json").write_text(json.dumps(digests))
-        if not is_zero3(accelerator) and len(set(digests)) > 1:
+        if not is_zero3(accelerator) and len(set(digests)) > 1:  # under ZeRO-3 only rank 0 has them whole
             raise RuntimeError(f"data-parallel ranks ended with different parameters: {digests}")
     accelerator.wait_for_everyone()
 
 
-def parameter_digest(state_dict: dict) -> str:
+def parameter_digest(state_dict: dict | None) -> str:
+    if state_dict is None:  # ZeRO-3 gathers the weights on rank 0 only
+        return ""
     digest = hashlib.sha256()
     for key in sorted(state_dict):
         digest.update(key.encode())
         digest.update(state_dict[key].detach().float().cpu().numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def no_zero3_init(accelerator):
+    """Build models whole inside this context even under ZeRO-3. transformers partitions every model
+    it constructs while accelerate's DeepSpeed config is registered (whatever zero3_init_flag says),
+    and a teacher that no DeepSpeed engine owns would never gather its weights back."""
+    if getattr(accelerator.state, "deepspeed_plugin", None) is None:
+        yield
+        return
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    registered = hf_deepspeed._hf_deepspeed_config_weak_ref  # no public getter for the object itself
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = registered
+
+
+def decoding_sync(accelerator):
+    """Under ZeRO-3 every forward gathers parameters collectively: all ranks decode until all are done."""
+    if not is_zero3(accelerator):
+        return None
+
+    def all_done(local_done: bool) -> bool:
+        flag = torch.tensor(float(local_done), device=accelerator.device)
+        return bool(accelerator.reduce(flag, reduction="min"))
+
+    return all_done
 
 
 def is_zero3(accelerator) -> bool:

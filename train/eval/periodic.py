@@ -34,6 +34,15 @@ class PeriodicEvaluator:
             return 0, 1
         return self.accelerator.process_index, self.accelerator.num_processes
 
+    def _max_over_ranks(self, local: int) -> int:
+        """Every rank runs as many batches as the busiest one (ZeRO-3 forwards are collective)."""
+        if self.accelerator is None or self.accelerator.num_processes == 1:
+            return local
+        import torch
+
+        count = torch.tensor(local, device=self.accelerator.device)
+        return int(self.accelerator.reduce(count, reduction="max"))
+
     def due(self, step: int) -> bool:
         return step > 0 and step % self.every_steps == 0
 
@@ -51,7 +60,7 @@ class PeriodicEvaluator:
         for spec, utterances in self.manifests.items():
             shard: list[Utterance] = utterances[rank::world]
             result = timed_transcription(transcriber, shard, batch_size=self.batch_size, limits=self.limits,
-                                         warmup_batches=0)
+                                         warmup_batches=0, equal_batches=self._max_over_ranks)
             rows.append({"spec": spec, "rank": rank, "refs": result.references, "hyps": result.hypotheses,
                          "languages": result.languages, "skipped": {k: dict(v) for k, v in
                                                                     result.skipped_by_language.items()},

@@ -37,7 +37,7 @@ class StudentTranscriber:
     name: str = "student"
     max_new_tokens: int = 256
     language_prompt: bool = False  # put the manifest language in the prompt
-    sampling: dict = field(default_factory=dict)
+    sampling: dict = field(default_factory=dict)  # also `all_done` (generation kept in step across ranks)
 
     @property
     def device(self) -> torch.device:
@@ -92,8 +92,10 @@ def batches_by_duration(durations: Sequence[float], max_batch_size: int, max_bat
 
 def timed_transcription(transcriber: Transcriber, utterances: Sequence[Utterance], batch_size: int = 16,
                         max_batch_seconds: float | None = None, warmup_batches: int = 1,
-                        limits: AudioLimits = AudioLimits()) -> TimedResult:
-    """Transcribe every usable utterance (duration-sorted batches) and time only the transcription."""
+                        limits: AudioLimits = AudioLimits(), equal_batches=None) -> TimedResult:
+    """Transcribe every usable utterance (duration-sorted batches) and time only the transcription.
+    `equal_batches(local_count) -> count` pads with untimed repeats of the last batch to that many
+    batches, so that ranks sharing collective forwards (ZeRO-3) run the same number."""
     skipped, by_language, kept, audios = SkipCounter(), {}, [], []
     for utt in utterances:
         try:
@@ -104,6 +106,7 @@ def timed_transcription(transcriber: Transcriber, utterances: Sequence[Utterance
             by_language.setdefault(utt.language or "unknown", SkipCounter())[err.reason] += 1
     durations = [len(a) / SAMPLE_RATE for a in audios]
     batches = batches_by_duration(durations, batch_size, max_batch_seconds)
+    extra = (equal_batches(len(batches)) - len(batches)) if equal_batches is not None else 0
     device = transcriber.device
     for batch in batches[:warmup_batches]:
         transcriber.transcribe([audios[i] for i in batch], [kept[i].language for i in batch])
@@ -117,6 +120,10 @@ def timed_transcription(transcriber: Transcriber, utterances: Sequence[Utterance
         elapsed += time.perf_counter() - start
         for i, text in zip(batch, texts):
             hypotheses[i] = text
+    for _ in range(extra):  # not timed, results discarded
+        filler = batches[-1] if batches else []
+        transcriber.transcribe([audios[i] for i in filler] or [np.zeros(SAMPLE_RATE, dtype=np.float32)],
+                               [kept[i].language for i in filler] or [None])
     return TimedResult(ids=[u.id for u in kept], references=[u.text for u in kept], hypotheses=hypotheses,
                        languages=[u.language for u in kept], durations=durations, skipped=skipped,
                        skipped_by_language=by_language,

@@ -9,6 +9,7 @@ top-p come from transformers' own logits warpers.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
@@ -40,9 +41,12 @@ def left_padded_positions(attention_mask_B_T: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def generate(model, batch: dict[str, torch.Tensor], allowed_V: torch.Tensor, eos_token_ids: list[int],
              pad_token_id: int, max_new_tokens: int = 256, do_sample: bool = False, temperature: float = 1.0,
-             top_p: float = 1.0, generator: torch.Generator | None = None, return_topk: int | None = None
-             ) -> Generated:
-    """Decode up to `max_new_tokens` for each prompt in `batch` (the processor's left-padded output)."""
+             top_p: float = 1.0, generator: torch.Generator | None = None, return_topk: int | None = None,
+             all_done: Callable[[bool], bool] | None = None) -> Generated:
+    """Decode up to `max_new_tokens` for each prompt in `batch` (the processor's left-padded output).
+
+    `all_done(local_done) -> bool` keeps stepping until every process is done: under ZeRO-3 each
+    forward gathers parameters collectively, so all ranks must run the same number of steps."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if do_sample and temperature <= 0:
@@ -84,7 +88,10 @@ def generate(model, batch: dict[str, torch.Tensor], allowed_V: torch.Tensor, eos
         logprobs.append(torch.where(live_B, logp_B_V.gather(-1, next_B[:, None]).squeeze(-1), 0.0))
         masks.append(live_B)
         finished_B = finished_B | torch.isin(next_B, eos_ids)
-        if bool(finished_B.all()) or step == max_new_tokens - 1:
+        done = bool(finished_B.all())
+        if all_done is not None:
+            done = all_done(done)
+        if done or step == max_new_tokens - 1:
             break
         attn_B_S = torch.cat([attn_B_S, torch.ones_like(attn_B_S[:, :1])], dim=-1)
         out = model(input_ids=next_B[:, None], attention_mask=attn_B_S, position_ids=next_pos_B[:, None],
@@ -95,12 +102,12 @@ def generate(model, batch: dict[str, torch.Tensor], allowed_V: torch.Tensor, eos
                      torch.stack(topks, 1) if return_topk else None)
 
 
-def transcribe(model, processor, audios, languages=None, max_new_tokens: int = 256, **sampling) -> list[str]:
+def transcribe(model, processor, audios, languages=None, max_new_tokens: int = 256, **options) -> list[str]:
     """Text for each 16 kHz mono clip: one batched decode (greedy unless `do_sample=True`)."""
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     batch = processor(audios, languages)
     batch = {k: (v.to(device, dtype) if v.is_floating_point() else v.to(device)) for k, v in batch.items()}
     out = generate(model, batch, processor.allowed_token_mask(model.config.text_config.vocab_size),
-                   processor.eos_token_ids, processor.pad_token_id, max_new_tokens, **sampling)
+                   processor.eos_token_ids, processor.pad_token_id, max_new_tokens, **options)
     return [processor.decode(row[mask].tolist()) for row, mask in zip(out.tokens_B_T, out.mask_B_T)]

@@ -50,7 +50,7 @@ def reference_rollout(batch: dict, pad_token_id: int, device) -> Rollout:
 
 @torch.no_grad()
 def collect(student, processor, teacher, batches: list[dict], opd: OPDConfig, on_policy: bool,
-            generator: torch.Generator, device) -> list[MicroBatch]:
+            generator: torch.Generator, device, all_done=None) -> list[MicroBatch]:
     out = []
     for batch in batches:
         if not batch["size"]:
@@ -60,7 +60,8 @@ def collect(student, processor, teacher, batches: list[dict], opd: OPDConfig, on
         if use_policy:
             ro = rollout(student, processor, batch, n_samples=opd.n_samples, max_new_tokens=opd.max_new_tokens,
                          do_sample=opd.do_sample, temperature=opd.sample_temperature, top_p=opd.top_p,
-                         generator=generator, topk=opd.k if opd.loss == "union_topk_kl" else None)
+                         generator=generator, topk=opd.k if opd.loss == "union_topk_kl" else None,
+                         all_done=all_done)
         else:
             ro = reference_rollout(batch, processor.pad_token_id, device)
         extra = ro.student_topk_ids_B_T_K

@@ -12,22 +12,28 @@ import torch
 from train.models.generation import left_padded_positions
 from train.models.processor import HOP_LENGTH
 from train.opd.rollout import Rollout
-from train.teachers.base import TokenScores, gather_scores
+from train.teachers.base import TokenScores
+from train.teachers.token_map import TokenMap
 
 
 class SameFamilyTeacher:
-    def __init__(self, model, processor, name: str = "teacher", language_prompt: bool = False, token_map=None):
+    def __init__(self, model, processor, student_processor, student_vocab_size: int, name: str = "teacher",
+                 language_prompt: bool = False, max_unmapped: float = 0.05):
         self.model, self.processor, self.name = model.eval(), processor, name
         self.language_prompt = language_prompt
-        self.token_map = token_map  # None: the vocabularies are the same
         self.model.requires_grad_(False)
+        # Identity when the tokenizers agree (the usual case); else strings are matched, EOS aliased.
+        self.token_map = TokenMap.for_student(student_processor, processor.tokenizer, student_vocab_size,
+                                              model.config.text_config.vocab_size, max_unmapped_share=max_unmapped,
+                                              teacher_name=name)
 
     @classmethod
-    def from_pretrained(cls, path, dtype=None, device=None, **kwargs) -> "SameFamilyTeacher":
+    def from_pretrained(cls, path, student_processor, student_vocab_size: int, dtype=None, device=None,
+                        **kwargs) -> "SameFamilyTeacher":
         from train.models import load_student
 
         model, processor = load_student(path, dtype=dtype, device=device)
-        return cls(model, processor, name=str(path), **kwargs)
+        return cls(model, processor, student_processor, student_vocab_size, name=str(path), **kwargs)
 
     @property
     def device(self) -> torch.device:
@@ -55,7 +61,7 @@ class SameFamilyTeacher:
         source = rollout.source_B.tolist()
         languages = [batch["languages"][i] if self.language_prompt else None for i in source]
         prompts = self.processor.prompt_ids([frames[i] * HOP_LENGTH for i in source], languages)
-        tokens = rollout.tokens_B_T if self.token_map is None else self.token_map.to_teacher(rollout.tokens_B_T)
+        tokens = self.token_map.to_teacher(rollout.tokens_B_T)
         scored = rollout.mask_B_T & (tokens >= 0)
         ids = torch.cat([prompts["input_ids"].to(device), tokens.clamp(min=0)], dim=1)
         attn = torch.cat([prompts["attention_mask"].to(device), scored.long()], dim=1)
@@ -65,6 +71,6 @@ class SameFamilyTeacher:
         new = tokens.shape[1]
         logits = self.model(inputs_embeds=embeds, attention_mask=attn, position_ids=left_padded_positions(attn),
                             logits_to_keep=new + 1).logits[:, :new]
-        if self.token_map is not None:
-            logits = self.token_map.logits_to_student(logits)
-        return gather_scores(logits, rollout.tokens_B_T, scored, k, temperature, extra_ids_B_T_E, full)
+        scores, _ = self.token_map.gather_scores(logits, rollout.tokens_B_T, scored, k, temperature, extra_ids_B_T_E,
+                                                 full)
+        return scores
