@@ -138,13 +138,33 @@ def test_two_process_ddp_keeps_ranks_identical(tmp_path, data, tokenizer):
     assert len(digests) == 2 and len(set(digests)) == 1
 
 
+def test_zero3_with_tied_embeddings_is_refused():
+    from types import SimpleNamespace
+
+    from train.distill import refuse_zero3_with_tied_embeddings
+
+    zero3 = SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=3)))
+    zero2 = SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=2)))
+    tied = SimpleNamespace(config=SimpleNamespace(tie_word_embeddings=True))
+    untied = SimpleNamespace(config=SimpleNamespace(tie_word_embeddings=False))
+    with pytest.raises(ValueError, match="zero2.yaml"):
+        refuse_zero3_with_tied_embeddings(zero3, tied)
+    refuse_zero3_with_tied_embeddings(zero3, untied)
+    refuse_zero3_with_tied_embeddings(zero2, tied)
+
+
 @pytest.mark.slow
 def test_deepspeed_zero2_and_zero3_train_and_agree(tmp_path, data, tokenizer):
+    untied = tmp_path / "tiny_untied.yaml"
+    untied.write_text((ROOT / "configs/models/tiny.yaml").read_text().replace(
+        "  max_position_embeddings: 4096", "  max_position_embeddings: 4096\n  tie_word_embeddings: false"))
     finals = {}
     for stage in (2, 3):
         launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                     str(ROOT / "configs" / "accelerate" / f"zero{stage}.yaml")]
-        out = _run(_overrides(tmp_path / f"z{stage}", *data, max_steps=2, **{"eval.every": 1}), launcher=launcher,
+        out = _run(_overrides(tmp_path / f"z{stage}", *data, max_steps=2, **{"eval.every": 1,
+                                                                               "student.model": untied}),
+                   launcher=launcher,
                    env_extra={"TORCH_EXTENSIONS_DIR": str(Path.home() / ".cache" / "torch_extensions")})
         assert out.returncode == 0, out.stderr[-3000:]
         assert "DeepSpeed" in out.stdout + out.stderr  # the engine really ran

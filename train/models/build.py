@@ -221,6 +221,8 @@ def save_student(model, processor: ArkProcessor, path: str | Path, layout: str =
     if state_dict is not None and any("lora_" in k for k in state_dict):
         state_dict = None  # a LoRA wrapper's own keys: merge from the live model instead
     model = _plain_model(model)
+    if state_dict is not None and model.config.tie_word_embeddings:
+        state_dict = {k: v for k, v in state_dict.items() if k != "lm_head.weight"}  # tied: the embedding is it
     if layout == "hf":
         model.save_pretrained(path, state_dict=state_dict)
         # transformers records our subclass's name; name the stock class so any tool can map it.
