@@ -177,3 +177,23 @@ def test_deepspeed_zero2_and_zero3_train_and_agree(tmp_path, data, tokenizer):
     assert finals[2].keys() == finals[3].keys()
     for key in finals[2]:
         torch.testing.assert_close(finals[3][key], finals[2][key], rtol=1e-4, atol=1e-5)
+
+
+def test_nonfinite_losses_skip_steps_then_stop_with_the_checkpoint_intact(tmp_path, data, tokenizer, monkeypatch):
+    main(parse_args(_overrides(tmp_path, *data, max_steps=2, **{"checkpoint.every": 1, "eval.every": 0})))
+    saved = load_file(tmp_path / "run" / "checkpoints" / "step-2" / "model.safetensors")
+    import train.opd.step as step_module
+
+    real = step_module.distillation_loss
+    monkeypatch.setattr(step_module, "distillation_loss", lambda *a, **k: real(*a, **k) * float("nan"))
+    with pytest.raises(RuntimeError, match="3 non-finite losses in a row at step 5"):
+        main(parse_args(_overrides(tmp_path, *data, max_steps=10, max_nonfinite_in_a_row=3,
+                                   **{"checkpoint.every": 1})))
+    metrics = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    assert [m["nonfinite"] for m in metrics if m["step"] > 2] == [True, True, True]
+    # the skipped steps changed nothing: the newest checkpoint holds the step-2 weights
+    from train.checkpoint import complete_checkpoints
+
+    newest = complete_checkpoints(tmp_path / "run")[-1]
+    after = load_file(newest / "model.safetensors")
+    assert all(torch.equal(after[k], saved[k]) for k in saved)

@@ -194,12 +194,12 @@ def main(cfg: DistillConfig) -> dict:
         stats = update(accelerator, student, optimizer, scheduler, micro, cfg.opd, allowed_V, cfg.optim.grad_clip)
         last_batch = (batches[-1]["epoch"], batches[-1]["position"])
         nonfinite_run = nonfinite_run + 1 if stats["nonfinite"] else 0
-        if nonfinite_run >= cfg.max_nonfinite_in_a_row:
-            raise RuntimeError(f"{nonfinite_run} non-finite losses in a row at step {step}; the last good "
-                               f"checkpoint in {run_dir / 'checkpoints'} is intact")
         log.log(step, {**stats, **rollout_stats(micro, processor), "lr": scheduler.get_last_lr()[0],
                        "rollout_seconds": rolled - started, "step_seconds": time.perf_counter() - started,
                        "skipped_files": sum(skipped.values()), "on_policy": float(on_policy)})
+        if nonfinite_run >= cfg.max_nonfinite_in_a_row:  # skipped steps changed no weight
+            raise RuntimeError(f"{nonfinite_run} non-finite losses in a row at step {step}; the last good "
+                               f"checkpoint in {run_dir / 'checkpoints'} is intact")
         if cfg.eval.every and evaluator.due(step):
             run_dev_eval(evaluator, step, student, processor, cfg, accelerator, log)
         if step % cfg.checkpoint.every == 0 or step == cfg.max_steps:
