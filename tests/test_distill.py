@@ -197,3 +197,16 @@ def test_nonfinite_losses_skip_steps_then_stop_with_the_checkpoint_intact(tmp_pa
     newest = complete_checkpoints(tmp_path / "run")[-1]
     after = load_file(newest / "model.safetensors")
     assert all(torch.equal(after[k], saved[k]) for k in saved)
+
+
+def test_distill_with_a_qwen3_asr_teacher_checkpoint(tmp_path, data, tokenizer):
+    from tests.teachers.qwen3_fixtures import tiny_qwen3_asr
+
+    model, processor = tiny_qwen3_asr()
+    model.save_pretrained(tmp_path / "qwen3-asr")
+    processor.save_pretrained(tmp_path / "qwen3-asr")
+    result = main(parse_args(_overrides(tmp_path, *data, max_steps=2, **{
+        "teacher.kind": "qwen3_asr", "teacher.checkpoint": tmp_path / "qwen3-asr"})))
+    assert result["step"] == 2
+    steps = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    assert all(m["tokens"] > 0 and m["loss"] > 0 for m in steps)
