@@ -201,13 +201,13 @@ def main(cfg: DistillConfig) -> dict:
             raise RuntimeError(f"{nonfinite_run} non-finite losses in a row at step {step}; the last good "
                                f"checkpoint in {run_dir / 'checkpoints'} is intact")
         if cfg.eval.every and evaluator.due(step):
-            run_dev_eval(evaluator, step, student, processor, cfg, accelerator, log)
+            run_dev_eval(evaluator, step, student, processor, cfg, accelerator)
         if step % cfg.checkpoint.every == 0 or step == cfg.max_steps:
             save_checkpoint(accelerator, run_dir, step, {"sampler": sampler.state_dict(after=last_batch),
                                                          "evaluator": evaluator.state_dict(),
                                                          "skipped": dict(skipped)}, cfg.checkpoint.keep_last)
 
-    final_report = run_dev_eval(evaluator, step, student, processor, cfg, accelerator, log) \
+    final_report = run_dev_eval(evaluator, step, student, processor, cfg, accelerator) \
         if not cfg.eval.every or not evaluator.due(step) else None
     save_final(accelerator, student, processor, run_dir)
     log.close()
@@ -226,7 +226,7 @@ def rollout_stats(micro, processor) -> dict:
             "samples": float(len(lengths)), "rollout_tokens": float(lengths.sum())}
 
 
-def run_dev_eval(evaluator, step, student, processor, cfg, accelerator, log) -> dict | None:
+def run_dev_eval(evaluator, step, student, processor, cfg, accelerator) -> dict | None:
     model = accelerator.unwrap_model(student)
     was_training = model.training
     model.eval()
@@ -234,9 +234,8 @@ def run_dev_eval(evaluator, step, student, processor, cfg, accelerator, log) -> 
                                                          language_prompt=cfg.eval.language_prompt,
                                                          sampling={"all_done": decoding_sync(accelerator)}))
     model.train(was_training)
-    if report is not None and accelerator.is_main_process:
-        with open(Path(cfg.output_dir) / "metrics.jsonl", "a") as f:
-            f.write(json.dumps({"step": step, **evaluator.metrics(report)}) + "\n")
+    if report is not None and accelerator.log_with:  # eval/history.jsonl keeps them in the run folder
+        accelerator.log(evaluator.metrics(report), step=step)
     return report
 
 
