@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from train.config import DistillConfig, ModelConfig, load_config
+from train.config import DistillConfig, ModelConfig, SFTConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMAS = {"models": ModelConfig, "distill": DistillConfig}
+SCHEMAS = {"models": ModelConfig, "distill": DistillConfig, "sft": SFTConfig}
 ALL_YAML = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if "accelerate" not in p.parts)
 
 

@@ -380,17 +380,15 @@ class CheckpointConfig:
 
 
 @dataclass
-class DistillConfig:
-    """Everything a distillation run needs; `python train/distill.py --config FILE key=value ...`."""
+class RunConfig:
+    """What every training recipe has: run folder, seed, steps, resume, student, data, optimiser, logging."""
 
-    output_dir: str = "runs/distill-toy"
+    output_dir: str = "runs/run"
     seed: int = 0
     max_steps: int = 200
     resume: str = "auto"  # auto (newest complete checkpoint in output_dir) | never | a checkpoint dir
     student: StudentConfig = field(default_factory=StudentConfig)
-    teacher: TeacherConfig = field(default_factory=TeacherConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    opd: OPDConfig = field(default_factory=OPDConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     log: LogConfig = field(default_factory=LogConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -405,3 +403,19 @@ class DistillConfig:
         _require(self.max_nonfinite_in_a_row >= 1, "max_nonfinite_in_a_row",
                  f"must be >= 1, got {self.max_nonfinite_in_a_row}")
         _require(bool(self.data.train), "data.train", "needs at least one manifest")
+
+
+@dataclass
+class DistillConfig(RunConfig):
+    """On-policy distillation; `python train/distill.py --config FILE key=value ...`."""
+
+    output_dir: str = "runs/distill-toy"
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    opd: OPDConfig = field(default_factory=OPDConfig)
+
+
+@dataclass
+class SFTConfig(RunConfig):
+    """Supervised training on transcripts (base SFT, or TD on pseudo-labels); `python train/sft.py ...`."""
+
+    output_dir: str = "runs/sft"

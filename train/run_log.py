@@ -10,11 +10,12 @@ from tqdm.auto import tqdm
 
 
 class RunLog:
-    def __init__(self, accelerator, run_dir: Path, total_steps: int, first_step: int, log_cfg, config: dict):
+    def __init__(self, accelerator, run_dir: Path, total_steps: int, first_step: int, log_cfg, config: dict,
+                 desc: str = "distill"):
         self.accelerator, self.main = accelerator, accelerator.is_main_process
         self.path = run_dir / "metrics.jsonl"
         self.bar = tqdm(total=total_steps, initial=first_step, disable=not self.main, dynamic_ncols=True,
-                        desc="distill")
+                        desc=desc)
         if accelerator.log_with:
             init = {"wandb": {"mode": log_cfg.wandb_mode, "dir": str(run_dir)}}
             accelerator.init_trackers(log_cfg.project, config=_flat(config), init_kwargs=init)

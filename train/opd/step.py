@@ -23,6 +23,7 @@ from train.opd.losses import (
 )
 from train.opd.reduction import global_token_count, token_mean
 from train.opd.rollout import Rollout, rescore, rollout
+from train.optimize import accumulate_and_step, averaged_over, zero_loss
 from train.teachers.base import TokenScores
 
 
@@ -88,61 +89,42 @@ def distillation_loss(logits_B_T_V: torch.Tensor, mb: MicroBatch, opd: OPDConfig
     return sampled_token_reverse_kl(student_logp, scores.sampled_logp_B_T, sampling)
 
 
-def zero_loss(model) -> torch.Tensor:
-    """A zero that touches every trainable parameter: keeps DDP/DeepSpeed collectives in step when a
-    micro-batch has nothing to learn from (all clips skipped, or a non-finite loss)."""
-    return sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
-
-
 def update(accelerator, student, optimizer, scheduler, micro: list[MicroBatch], opd: OPDConfig, allowed_V,
            grad_clip: float) -> dict:
     """Backward every micro-batch with the global token normalisation, then step (unless non-finite)."""
     masks = [mb.scores.mask_B_T for mb in micro if mb.scores is not None]
     n_tokens = global_token_count(masks or [torch.zeros(1, dtype=torch.bool, device=accelerator.device)],
                                   accelerator)
-    averaged_over = accelerator.num_processes * accelerator.gradient_accumulation_steps
-    local_loss, kl_sum, agree, scored, nonfinite, grad_norm = 0.0, 0.0, 0, 0, False, None
-    for mb in micro:
-        with accelerator.accumulate(student):
+    scale = averaged_over(accelerator)
+    seen = {"kl": 0.0, "agree": 0, "scored": 0}
+
+    def micro_loss(mb: MicroBatch):
+        def compute() -> torch.Tensor:
             if mb.rollout is None:
-                loss = zero_loss(student)
-            else:
-                logits = rescore(student, mb.batch, mb.rollout)
-                loss_B_T = distillation_loss(logits, mb, opd, allowed_V)
-                loss = token_mean(loss_B_T, mb.scores.mask_B_T, n_tokens, averaged_over)
-                if opd.ce_weight and "labels" in mb.batch and mb.on_policy:
-                    loss = loss + opd.ce_weight * _reference_ce(student, mb.batch, averaged_over)
-                with torch.no_grad():
-                    m = mb.scores.mask_B_T
-                    kl_sum += float(union_topk_forward_kl_from_scores(logits.detach(), mb.scores)[m].sum()) \
-                        if mb.scores.extra_ids_B_T_E is not None else 0.0
-                    agree += int((logits.detach().argmax(-1) == mb.scores.topk_ids_B_T_K[..., 0])[m].sum())
-                    scored += int(m.sum())
-            finite = torch.isfinite(loss.detach()).float()
-            if accelerator.num_processes > 1:
-                finite = accelerator.reduce(finite, reduction="min")
-            if not bool(finite):
-                nonfinite = True
-                loss = zero_loss(student)
-            accelerator.backward(loss)
-            local_loss += float(loss.detach()) / averaged_over  # this process's share of the step mean
-            if accelerator.sync_gradients:
-                grad_norm = accelerator.clip_grad_norm_(student.parameters(), grad_clip or float("inf"))
-                if grad_norm is not None and not torch.isfinite(torch.as_tensor(grad_norm)).all():
-                    nonfinite = True  # a finite loss can still give non-finite gradients
-                if nonfinite:
-                    optimizer.zero_grad()
-                else:
-                    optimizer.step()
-                    scheduler.step()
-                optimizer.zero_grad()
-    sums = torch.tensor([local_loss, kl_sum, agree, scored], dtype=torch.float64, device=accelerator.device)
+                return zero_loss(student)
+            logits = rescore(student, mb.batch, mb.rollout)
+            loss = token_mean(distillation_loss(logits, mb, opd, allowed_V), mb.scores.mask_B_T, n_tokens, scale)
+            if opd.ce_weight and "labels" in mb.batch and mb.on_policy:
+                loss = loss + opd.ce_weight * _reference_ce(student, mb.batch, scale)
+            with torch.no_grad():
+                m = mb.scores.mask_B_T
+                if mb.scores.extra_ids_B_T_E is not None:
+                    seen["kl"] += float(union_topk_forward_kl_from_scores(logits.detach(), mb.scores)[m].sum())
+                seen["agree"] += int((logits.detach().argmax(-1) == mb.scores.topk_ids_B_T_K[..., 0])[m].sum())
+                seen["scored"] += int(m.sum())
+            return loss
+        return compute
+
+    step = accumulate_and_step(accelerator, student, optimizer, scheduler, [micro_loss(mb) for mb in micro],
+                               grad_clip)
+    sums = torch.tensor([step["local_loss"], seen["kl"], seen["agree"], seen["scored"]], dtype=torch.float64,
+                        device=accelerator.device)
     if accelerator.num_processes > 1:
         sums = accelerator.reduce(sums, reduction="sum")
     loss_sum, kl_sum, agree, scored = sums.tolist()
     return {"loss": loss_sum, "tokens": float(n_tokens), "kl": kl_sum / scored if scored else None,
-            "agreement": agree / scored if scored else None, "nonfinite": nonfinite,
-            "grad_norm": float(grad_norm) if grad_norm is not None else None}
+            "agreement": agree / scored if scored else None, "nonfinite": step["nonfinite"],
+            "grad_norm": step["grad_norm"]}
 
 
 def _reference_ce(student, batch: dict, averaged_over: int) -> torch.Tensor:

@@ -1,0 +1,211 @@
+"""Plumbing every training recipe shares: accelerator, run folder, student, optimiser, data stream,
+dev evaluation, final model, and the DeepSpeed ZeRO-3 precautions. One implementation of each."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import InitProcessGroupKwargs, gather_object
+from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
+
+from train.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from train.config import ModelConfig, RunConfig, config_to_yaml, load_config
+from train.data.audio import AudioLimits, SkipCounter
+from train.eval.periodic import PeriodicEvaluator
+from train.eval.timed import StudentTranscriber
+from train.models import build_student, configure_training, load_student, save_student
+
+TOY_DIR = "data/toy_tts"
+
+
+def make_accelerator(cfg: RunConfig) -> Accelerator:
+    trackers = []
+    if cfg.log.wandb_mode != "disabled":
+        trackers.append("wandb")
+    if cfg.log.tensorboard:
+        trackers.append("tensorboard")
+    # gloo: DeepSpeed on CPU needs it (ENVIRONMENT.md); NCCL is chosen as usual on GPUs.
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    kwargs = [InitProcessGroupKwargs(backend="gloo")] if distributed and not torch.cuda.is_available() else []
+    # Without a GPU, `cpu=True` makes a multi-GPU launch run on CPUs; but it would also switch
+    # DeepSpeed off, which runs on CPUs by itself.
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    return Accelerator(gradient_accumulation_steps=cfg.optim.grad_accum, mixed_precision=cfg.mixed_precision,
+                       log_with=trackers or None, project_dir=cfg.output_dir, kwargs_handlers=kwargs,
+                       cpu=not torch.cuda.is_available() and not deepspeed)
+
+
+def prepare_run_dir(cfg: RunConfig, accelerator) -> Path:
+    run_dir = Path(cfg.output_dir)
+    if accelerator.is_main_process:
+        for sub in ("checkpoints", "eval", "plots"):
+            (run_dir / sub).mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
+    accelerator.wait_for_everyone()
+    return run_dir
+
+
+def build_student_model(cfg: RunConfig):
+    model_cfg = load_config(ModelConfig, cfg.student.model)
+    if cfg.student.checkpoint:
+        model, processor = load_student(cfg.student.checkpoint)
+        return configure_training(model.train(), model_cfg), processor
+    model, processor = build_student(model_cfg)
+    return model.train(), processor
+
+
+def build_optimizer(cfg: RunConfig, model):
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("nothing to train: the model config freezes every part")
+    optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
+                                  weight_decay=cfg.optim.weight_decay)
+    if cfg.optim.schedule == "cosine":
+        scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.optim.warmup_steps, cfg.max_steps)
+    else:
+        scheduler = get_constant_schedule_with_warmup(optimizer, cfg.optim.warmup_steps)
+    return optimizer, scheduler
+
+
+def batches_forever(loader):
+    """Batches across epochs (the sampler advances its own epoch)."""
+    while True:
+        yield from loader
+
+
+def ensure_toy_corpus(cfg: RunConfig, accelerator) -> None:
+    """The bundled toy setup builds its corpus on first use (about 2 minutes, offline)."""
+    paths = [s.path for s in cfg.data.train + cfg.data.dev]
+    if not any(p.startswith(TOY_DIR + "/") and not Path(p).exists() for p in paths):
+        return
+    if accelerator.is_main_process:
+        from data_recipes.toy_tts.prepare import main as build_toy
+
+        build_toy(["--out", TOY_DIR, "--seed", "0"])
+    accelerator.wait_for_everyone()
+
+
+def run_dev_eval(evaluator, step, student, processor, cfg, accelerator) -> dict | None:
+    model = accelerator.unwrap_model(student)
+    was_training = model.training
+    model.eval()
+    report = evaluator.evaluate(step, StudentTranscriber(model, processor, max_new_tokens=cfg.eval.max_new_tokens,
+                                                         language_prompt=cfg.eval.language_prompt,
+                                                         sampling={"all_done": decoding_sync(accelerator)}))
+    model.train(was_training)
+    if report is not None and accelerator.log_with:  # eval/history.jsonl keeps them in the run folder
+        accelerator.log(evaluator.metrics(report), step=step)
+    return report
+
+
+def save_final(accelerator, student, processor, run_dir: Path) -> None:
+    """The final model, and a check that data-parallel ranks ended with the same parameters."""
+    state_dict = accelerator.get_state_dict(student)  # gathers ZeRO-3 shards onto rank 0
+    digests = gather_object([parameter_digest(state_dict)]) if accelerator.num_processes > 1 else [
+        parameter_digest(state_dict)]
+    if accelerator.is_main_process:
+        save_student(accelerator.unwrap_model(student), processor, run_dir / "final", state_dict=state_dict)
+        (run_dir / "final" / "rank_digests.json").write_text(json.dumps(digests))
+        if not is_zero3(accelerator) and len(set(digests)) > 1:  # under ZeRO-3 only rank 0 has them whole
+            raise RuntimeError(f"data-parallel ranks ended with different parameters: {digests}")
+    accelerator.wait_for_everyone()
+
+
+def parameter_digest(state_dict: dict | None) -> str:
+    if state_dict is None:  # ZeRO-3 gathers the weights on rank 0 only
+        return ""
+    digest = hashlib.sha256()
+    for key in sorted(state_dict):
+        digest.update(key.encode())
+        digest.update(state_dict[key].detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def no_zero3_init(accelerator, unless_asked: bool = False):
+    """Build models whole inside this context even under ZeRO-3. transformers partitions every model
+    it constructs while accelerate's DeepSpeed config is registered (whatever zero3_init_flag says):
+    a teacher that no DeepSpeed engine owns would never gather its weights back, and a student
+    initialised inside zero.Init draws other random weights than one built whole. With
+    `unless_asked`, the launcher's zero3_init_flag=true (for models too big to build whole) wins."""
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is None or (unless_asked and plugin.zero3_init_flag):
+        yield
+        return
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    registered = hf_deepspeed._hf_deepspeed_config_weak_ref  # no public getter for the object itself
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = registered
+
+
+def refuse_zero3_with_tied_embeddings(accelerator, student) -> None:
+    """Measured here (DeepSpeed 0.19.8): under ZeRO-3 a student whose lm_head is tied to its input
+    embeddings ends a step with other embedding rows than under ZeRO-2 or DDP (which agree), while an
+    untied student agrees to 1e-5 across all three. Until that is understood, refuse the combination."""
+    if is_zero3(accelerator) and student.config.tie_word_embeddings:
+        raise ValueError("DeepSpeed ZeRO-3 with tied input/output embeddings (decoder.tie_word_embeddings=true, "
+                         "as in ARK-ASR-3B) updates the embeddings differently from ZeRO-2/DDP in our tests: use "
+                         "configs/accelerate/zero2.yaml, or a student config with tie_word_embeddings: false")
+
+
+def decoding_sync(accelerator):
+    """Under ZeRO-3 every forward gathers parameters collectively: all ranks decode until all are done."""
+    if not is_zero3(accelerator):
+        return None
+
+    def all_done(local_done: bool) -> bool:
+        flag = torch.tensor(float(local_done), device=accelerator.device)
+        return bool(accelerator.reduce(flag, reduction="min"))
+
+    return all_done
+
+
+def is_zero3(accelerator) -> bool:
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    return plugin is not None and plugin.zero_stage == 3
+
+
+def resume_run(cfg: RunConfig, accelerator, run_dir: Path, sampler, evaluator) -> tuple[int, SkipCounter]:
+    """Restore model/optimizer/scheduler/RNG, the sampler position and the evaluator's history from the
+    checkpoint `cfg.resume` names (auto: the newest complete one); (step, skip counts) to go on from."""
+    path = resolve_resume(cfg.resume, run_dir)
+    if path is None:
+        return 0, SkipCounter()
+    state = load_checkpoint(accelerator, path)
+    sampler.load_state_dict(state["sampler"])
+    evaluator.load_state_dict(state["evaluator"])
+    accelerator.print(f"resumed from {path} at step {state['step']}")
+    return state["step"], SkipCounter(state["skipped"])
+
+
+def save_run_checkpoint(accelerator, run_dir: Path, step: int, sampler, last_batch, evaluator, skipped,
+                        keep_last: int) -> Path:
+    """Everything `resume_run` needs: the engines' state plus where the data stands after `last_batch`."""
+    return save_checkpoint(accelerator, run_dir, step, {"sampler": sampler.state_dict(after=last_batch),
+                                                        "evaluator": evaluator.state_dict(),
+                                                        "skipped": dict(skipped)}, keep_last)
+
+
+def make_evaluator(cfg: RunConfig, run_dir: Path, accelerator) -> PeriodicEvaluator:
+    """Dev evaluation on `data.dev`; a manifest that does not exist fails here, before any compute."""
+    return PeriodicEvaluator([s.path for s in cfg.data.dev], run_dir, max(cfg.eval.every, 1), accelerator,
+                             cfg.eval.batch_size, AudioLimits(cfg.data.min_seconds, cfg.data.max_seconds))
+
+
+def prepare_training(cfg: RunConfig, accelerator, student):
+    """AdamW and the LR schedule, wrapped with the student by accelerate (DDP or DeepSpeed)."""
+    optimizer, scheduler = build_optimizer(cfg, student)
+    if getattr(accelerator.state, "deepspeed_plugin", None) is not None:
+        # Batches are sized by audio seconds, not by count; DeepSpeed uses this number only for its logs.
+        accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = 1
+    return accelerator.prepare(student, optimizer, scheduler)

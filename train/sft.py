@@ -1,0 +1,101 @@
+"""Supervised training: base SFT, or teacher-data adaptation (TD) on pseudo-labelled manifests.
+
+    python train/sft.py --config FILE [key=value ...]
+    accelerate launch train/sft.py --config FILE [key=value ...]
+
+Which parts train is the student model config's (adapter-only alignment: train_encoder=false,
+train_decoder=false; full SFT: the default; LoRA: lora.enabled=true). TD is SFT whose data.train
+points at manifests written by train/transcribe.py. Same run folder, logging, dev evaluation,
+checkpoints and resume as train/distill.py (the shared pieces live in train/recipe.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from accelerate.utils import set_seed  # noqa: E402
+
+from train.config import SFTConfig, config_to_dict, load_config  # noqa: E402
+from train.data.loader import make_loader  # noqa: E402
+from train.recipe import (  # noqa: E402
+    batches_forever,
+    build_student_model,
+    ensure_toy_corpus,
+    make_accelerator,
+    make_evaluator,
+    no_zero3_init,
+    prepare_run_dir,
+    prepare_training,
+    refuse_zero3_with_tied_embeddings,
+    resume_run,
+    run_dev_eval,
+    save_final,
+    save_run_checkpoint,
+)
+from train.run_log import RunLog  # noqa: E402
+from train.supervised import sft_update  # noqa: E402
+
+
+def main(cfg: SFTConfig) -> dict:
+    accelerator = make_accelerator(cfg)
+    set_seed(cfg.seed)  # the same initial student on every rank
+    ensure_toy_corpus(cfg, accelerator)
+    run_dir = prepare_run_dir(cfg, accelerator)
+
+    with no_zero3_init(accelerator, unless_asked=True):
+        student, processor = build_student_model(cfg)
+    refuse_zero3_with_tied_embeddings(accelerator, student)
+    loader = make_loader(cfg.data.train, processor, cfg.data, seed=cfg.seed, num_replicas=accelerator.num_processes,
+                         rank=accelerator.process_index)
+    sampler = loader.batch_sampler
+    evaluator = make_evaluator(cfg, run_dir, accelerator)
+    student, optimizer, scheduler = prepare_training(cfg, accelerator, student)
+
+    step, skipped = resume_run(cfg, accelerator, run_dir, sampler, evaluator)
+    last_batch, nonfinite_run = None, 0
+    log = RunLog(accelerator, run_dir, cfg.max_steps, step, cfg.log, config_to_dict(cfg), desc="sft")
+    data = batches_forever(loader)
+    while step < cfg.max_steps:
+        step += 1
+        started = time.perf_counter()
+        batches = [next(data) for _ in range(cfg.optim.grad_accum)]
+        for b in batches:
+            skipped.update(b["skipped"])
+        stats = sft_update(accelerator, student, optimizer, scheduler, batches, cfg.optim.grad_clip)
+        last_batch = (batches[-1]["epoch"], batches[-1]["position"])
+        nonfinite_run = nonfinite_run + 1 if stats["nonfinite"] else 0
+        log.log(step, {**stats, "lr": scheduler.get_last_lr()[0], "step_seconds": time.perf_counter() - started,
+                       "samples": float(sum(b["size"] for b in batches)), "skipped_files": sum(skipped.values())})
+        if nonfinite_run >= cfg.max_nonfinite_in_a_row:
+            raise RuntimeError(f"{nonfinite_run} non-finite losses in a row at step {step}; the last good "
+                               f"checkpoint in {run_dir / 'checkpoints'} is intact")
+        if cfg.eval.every and evaluator.due(step):
+            run_dev_eval(evaluator, step, student, processor, cfg, accelerator)
+        if step % cfg.checkpoint.every == 0 or step == cfg.max_steps:
+            save_run_checkpoint(accelerator, run_dir, step, sampler, last_batch, evaluator, skipped,
+                                cfg.checkpoint.keep_last)
+
+    final_report = run_dev_eval(evaluator, step, student, processor, cfg, accelerator) \
+        if not cfg.eval.every or not evaluator.due(step) else None
+    save_final(accelerator, student, processor, run_dir)
+    log.close()
+    accelerator.print(skipped.report())
+    return {"step": step, "run_dir": str(run_dir), "final_eval": final_report}
+
+
+def parse_args(argv: list[str] | None = None) -> SFTConfig:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True)
+    parser.add_argument("overrides", nargs="*", help="key=value, e.g. max_steps=20 optim.lr=1e-4")
+    args = parser.parse_args(argv)
+    return load_config(SFTConfig, args.config, args.overrides)
+
+
+if __name__ == "__main__":
+    main(parse_args())
