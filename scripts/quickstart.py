@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> dict:
     report["ark_asr_3b_parameters"] = parameter_counts(load_config(ModelConfig, ROOT / "configs/models/ark_asr_3b.yaml"))
     print(json.dumps(report, indent=2, ensure_ascii=False))
     print(f"\nwrote {hf_dir} and {ark_dir}. A random tiny model transcribes noise as noise; "
-          "the distillation recipe that teaches it arrives with the toy pipeline.")
+          "`python train/distill.py` runs the toy distillation (building the toy corpus on first use).")
     return report
 
 
