@@ -18,7 +18,7 @@ from transformers import (
     Qwen3ForCausalLM,
 )
 
-from tests.conftest import make_clips, sharpen, tiny_config
+from tests.conftest import make_clips, tiny_config
 from train.config import ConfigError
 from train.models import build_student, load_student, save_student
 
