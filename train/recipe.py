@@ -41,44 +41,6 @@ def make_accelerator(cfg: RunConfig) -> Accelerator:
                        cpu=not torch.cuda.is_available() and not deepspeed)
 
 
-def prepare_run_dir(cfg: RunConfig, accelerator) -> Path:
-    run_dir = Path(cfg.output_dir)
-    if accelerator.is_main_process:
-        for sub in ("checkpoints", "eval", "plots"):
-            (run_dir / sub).mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
-    accelerator.wait_for_everyone()
-    return run_dir
-
-
-def build_student_model(cfg: RunConfig):
-    model_cfg = load_config(ModelConfig, cfg.student.model)
-    if cfg.student.checkpoint:
-        model, processor = load_student(cfg.student.checkpoint)
-        return configure_training(model.train(), model_cfg), processor
-    model, processor = build_student(model_cfg)
-    return model.train(), processor
-
-
-def build_optimizer(cfg: RunConfig, model):
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("nothing to train: the model config freezes every part")
-    optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
-                                  weight_decay=cfg.optim.weight_decay)
-    if cfg.optim.schedule == "cosine":
-        scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.optim.warmup_steps, cfg.max_steps)
-    else:
-        scheduler = get_constant_schedule_with_warmup(optimizer, cfg.optim.warmup_steps)
-    return optimizer, scheduler
-
-
-def batches_forever(loader):
-    """Batches across epochs (the sampler advances its own epoch)."""
-    while True:
-        yield from loader
-
-
 def ensure_toy_corpus(cfg: RunConfig, accelerator) -> None:
     """The bundled toy setup builds its corpus on first use (about 2 minutes, offline)."""
     paths = [s.path for s in cfg.data.train + cfg.data.dev]
@@ -91,40 +53,14 @@ def ensure_toy_corpus(cfg: RunConfig, accelerator) -> None:
     accelerator.wait_for_everyone()
 
 
-def run_dev_eval(evaluator, step, student, processor, cfg, accelerator) -> dict | None:
-    model = accelerator.unwrap_model(student)
-    was_training = model.training
-    model.eval()
-    report = evaluator.evaluate(step, StudentTranscriber(model, processor, max_new_tokens=cfg.eval.max_new_tokens,
-                                                         language_prompt=cfg.eval.language_prompt,
-                                                         sampling={"all_done": decoding_sync(accelerator)}))
-    model.train(was_training)
-    if report is not None and accelerator.log_with:  # eval/history.jsonl keeps them in the run folder
-        accelerator.log(evaluator.metrics(report), step=step)
-    return report
-
-
-def save_final(accelerator, student, processor, run_dir: Path) -> None:
-    """The final model, and a check that data-parallel ranks ended with the same parameters."""
-    state_dict = accelerator.get_state_dict(student)  # gathers ZeRO-3 shards onto rank 0
-    digests = gather_object([parameter_digest(state_dict)]) if accelerator.num_processes > 1 else [
-        parameter_digest(state_dict)]
+def prepare_run_dir(cfg: RunConfig, accelerator) -> Path:
+    run_dir = Path(cfg.output_dir)
     if accelerator.is_main_process:
-        save_student(accelerator.unwrap_model(student), processor, run_dir / "final", state_dict=state_dict)
-        (run_dir / "final" / "rank_digests.json").write_text(json.dumps(digests))
-        if not is_zero3(accelerator) and len(set(digests)) > 1:  # under ZeRO-3 only rank 0 has them whole
-            raise RuntimeError(f"data-parallel ranks ended with different parameters: {digests}")
+        for sub in ("checkpoints", "eval", "plots"):
+            (run_dir / sub).mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
     accelerator.wait_for_everyone()
-
-
-def parameter_digest(state_dict: dict | None) -> str:
-    if state_dict is None:  # ZeRO-3 gathers the weights on rank 0 only
-        return ""
-    digest = hashlib.sha256()
-    for key in sorted(state_dict):
-        digest.update(key.encode())
-        digest.update(state_dict[key].detach().float().cpu().numpy().tobytes())
-    return digest.hexdigest()[:16]
+    return run_dir
 
 
 @contextlib.contextmanager
@@ -148,6 +84,15 @@ def no_zero3_init(accelerator, unless_asked: bool = False):
         hf_deepspeed._hf_deepspeed_config_weak_ref = registered
 
 
+def build_student_model(cfg: RunConfig):
+    model_cfg = load_config(ModelConfig, cfg.student.model)
+    if cfg.student.checkpoint:
+        model, processor = load_student(cfg.student.checkpoint)
+        return configure_training(model.train(), model_cfg), processor
+    model, processor = build_student(model_cfg)
+    return model.train(), processor
+
+
 def refuse_zero3_with_tied_embeddings(accelerator, student) -> None:
     """Measured here (DeepSpeed 0.19.8): under ZeRO-3 a student whose lm_head is tied to its input
     embeddings ends a step with other embedding rows than under ZeRO-2 or DDP (which agree), while an
@@ -156,6 +101,53 @@ def refuse_zero3_with_tied_embeddings(accelerator, student) -> None:
         raise ValueError("DeepSpeed ZeRO-3 with tied input/output embeddings (decoder.tie_word_embeddings=true, "
                          "as in ARK-ASR-3B) updates the embeddings differently from ZeRO-2/DDP in our tests: use "
                          "configs/accelerate/zero2.yaml, or a student config with tie_word_embeddings: false")
+
+
+def make_evaluator(cfg: RunConfig, run_dir: Path, accelerator) -> PeriodicEvaluator:
+    """Dev evaluation on `data.dev`; a manifest that does not exist fails here, before any compute."""
+    return PeriodicEvaluator([s.path for s in cfg.data.dev], run_dir, max(cfg.eval.every, 1), accelerator,
+                             cfg.eval.batch_size, AudioLimits(cfg.data.min_seconds, cfg.data.max_seconds))
+
+
+def build_optimizer(cfg: RunConfig, model):
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("nothing to train: the model config freezes every part")
+    optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
+                                  weight_decay=cfg.optim.weight_decay)
+    if cfg.optim.schedule == "cosine":
+        scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.optim.warmup_steps, cfg.max_steps)
+    else:
+        scheduler = get_constant_schedule_with_warmup(optimizer, cfg.optim.warmup_steps)
+    return optimizer, scheduler
+
+
+def prepare_training(cfg: RunConfig, accelerator, student):
+    """AdamW and the LR schedule, wrapped with the student by accelerate (DDP or DeepSpeed)."""
+    optimizer, scheduler = build_optimizer(cfg, student)
+    if getattr(accelerator.state, "deepspeed_plugin", None) is not None:
+        # Batches are sized by audio seconds, not by count; DeepSpeed uses this number only for its logs.
+        accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = 1
+    return accelerator.prepare(student, optimizer, scheduler)
+
+
+def resume_run(cfg: RunConfig, accelerator, run_dir: Path, sampler, evaluator) -> tuple[int, SkipCounter]:
+    """Restore model/optimizer/scheduler/RNG, the sampler position and the evaluator's history from the
+    checkpoint `cfg.resume` names (auto: the newest complete one); (step, skip counts) to go on from."""
+    path = resolve_resume(cfg.resume, run_dir)
+    if path is None:
+        return 0, SkipCounter()
+    state = load_checkpoint(accelerator, path)
+    sampler.load_state_dict(state["sampler"])
+    evaluator.load_state_dict(state["evaluator"])
+    accelerator.print(f"resumed from {path} at step {state['step']}")
+    return state["step"], SkipCounter(state["skipped"])
+
+
+def batches_forever(loader):
+    """Batches across epochs (the sampler advances its own epoch)."""
+    while True:
+        yield from loader
 
 
 def decoding_sync(accelerator):
@@ -175,17 +167,17 @@ def is_zero3(accelerator) -> bool:
     return plugin is not None and plugin.zero_stage == 3
 
 
-def resume_run(cfg: RunConfig, accelerator, run_dir: Path, sampler, evaluator) -> tuple[int, SkipCounter]:
-    """Restore model/optimizer/scheduler/RNG, the sampler position and the evaluator's history from the
-    checkpoint `cfg.resume` names (auto: the newest complete one); (step, skip counts) to go on from."""
-    path = resolve_resume(cfg.resume, run_dir)
-    if path is None:
-        return 0, SkipCounter()
-    state = load_checkpoint(accelerator, path)
-    sampler.load_state_dict(state["sampler"])
-    evaluator.load_state_dict(state["evaluator"])
-    accelerator.print(f"resumed from {path} at step {state['step']}")
-    return state["step"], SkipCounter(state["skipped"])
+def run_dev_eval(evaluator, step, student, processor, cfg, accelerator) -> dict | None:
+    model = accelerator.unwrap_model(student)
+    was_training = model.training
+    model.eval()
+    report = evaluator.evaluate(step, StudentTranscriber(model, processor, max_new_tokens=cfg.eval.max_new_tokens,
+                                                         language_prompt=cfg.eval.language_prompt,
+                                                         sampling={"all_done": decoding_sync(accelerator)}))
+    model.train(was_training)
+    if report is not None and accelerator.log_with:  # eval/history.jsonl keeps them in the run folder
+        accelerator.log(evaluator.metrics(report), step=step)
+    return report
 
 
 def save_run_checkpoint(accelerator, run_dir: Path, step: int, sampler, last_batch, evaluator, skipped,
@@ -196,16 +188,24 @@ def save_run_checkpoint(accelerator, run_dir: Path, step: int, sampler, last_bat
                                                         "skipped": dict(skipped)}, keep_last)
 
 
-def make_evaluator(cfg: RunConfig, run_dir: Path, accelerator) -> PeriodicEvaluator:
-    """Dev evaluation on `data.dev`; a manifest that does not exist fails here, before any compute."""
-    return PeriodicEvaluator([s.path for s in cfg.data.dev], run_dir, max(cfg.eval.every, 1), accelerator,
-                             cfg.eval.batch_size, AudioLimits(cfg.data.min_seconds, cfg.data.max_seconds))
+def save_final(accelerator, student, processor, run_dir: Path) -> None:
+    """The final model, and a check that data-parallel ranks ended with the same parameters."""
+    state_dict = accelerator.get_state_dict(student)  # gathers ZeRO-3 shards onto rank 0
+    digests = gather_object([parameter_digest(state_dict)]) if accelerator.num_processes > 1 else [
+        parameter_digest(state_dict)]
+    if accelerator.is_main_process:
+        save_student(accelerator.unwrap_model(student), processor, run_dir / "final", state_dict=state_dict)
+        (run_dir / "final" / "rank_digests.json").write_text(json.dumps(digests))
+        if not is_zero3(accelerator) and len(set(digests)) > 1:  # under ZeRO-3 only rank 0 has them whole
+            raise RuntimeError(f"data-parallel ranks ended with different parameters: {digests}")
+    accelerator.wait_for_everyone()
 
 
-def prepare_training(cfg: RunConfig, accelerator, student):
-    """AdamW and the LR schedule, wrapped with the student by accelerate (DDP or DeepSpeed)."""
-    optimizer, scheduler = build_optimizer(cfg, student)
-    if getattr(accelerator.state, "deepspeed_plugin", None) is not None:
-        # Batches are sized by audio seconds, not by count; DeepSpeed uses this number only for its logs.
-        accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = 1
-    return accelerator.prepare(student, optimizer, scheduler)
+def parameter_digest(state_dict: dict | None) -> str:
+    if state_dict is None:  # ZeRO-3 gathers the weights on rank 0 only
+        return ""
+    digest = hashlib.sha256()
+    for key in sorted(state_dict):
+        digest.update(key.encode())
+        digest.update(state_dict[key].detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
