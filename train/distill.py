@@ -33,16 +33,17 @@ from train.recipe import (  # noqa: E402
     build_student_model,
     decoding_sync,
     ensure_toy_corpus,
+    evaluate_and_checkpoint,
+    finish_run,
     make_accelerator,
     make_evaluator,
+    next_batches,
     no_zero3_init,
     prepare_run_dir,
     prepare_training,
     refuse_zero3_with_tied_embeddings,
     resume_run,
-    run_dev_eval,
-    save_final,
-    save_run_checkpoint,
+    stop_if_nonfinite,
 )
 from train.run_log import RunLog  # noqa: E402
 
@@ -110,9 +111,7 @@ def main(cfg: DistillConfig) -> dict:
         # Seeded per step and rank, so a resumed run samples exactly what it would have.
         generator.manual_seed(cfg.seed * 1_000_003 + step * 1_009 + accelerator.process_index)
         on_policy = torch.rand((), generator=generator, device=generator.device).item() < cfg.opd.on_policy_fraction
-        batches = [next(data) for _ in range(cfg.optim.grad_accum)]
-        for b in batches:
-            skipped.update(b["skipped"])
+        batches = next_batches(data, cfg.optim.grad_accum, skipped)
         micro = collect(accelerator.unwrap_model(student), processor, teacher, batches, cfg.opd, on_policy,
                         generator, accelerator.device, all_done)
         rolled = time.perf_counter()
@@ -124,21 +123,10 @@ def main(cfg: DistillConfig) -> dict:
         log.log(step, {**stats, **rollout_stats(micro, processor), "lr": scheduler.get_last_lr()[0],
                        "rollout_seconds": rolled - started, "step_seconds": time.perf_counter() - started,
                        "skipped_files": sum(skipped.values()), "on_policy": float(on_policy)})
-        if nonfinite_run >= cfg.max_nonfinite_in_a_row:  # skipped steps changed no weight
-            raise RuntimeError(f"{nonfinite_run} non-finite losses in a row at step {step}; the last good "
-                               f"checkpoint in {run_dir / 'checkpoints'} is intact")
-        if cfg.eval.every and evaluator.due(step):
-            run_dev_eval(evaluator, step, student, processor, cfg, accelerator)
-        if step % cfg.checkpoint.every == 0 or step == cfg.max_steps:
-            save_run_checkpoint(accelerator, run_dir, step, sampler, last_batch, evaluator, skipped,
-                                cfg.checkpoint.keep_last)
-
-    final_report = run_dev_eval(evaluator, step, student, processor, cfg, accelerator) \
-        if not cfg.eval.every or not evaluator.due(step) else None
-    save_final(accelerator, student, processor, run_dir)
-    log.close()
-    accelerator.print(skipped.report())
-    return {"step": step, "run_dir": str(run_dir), "final_eval": final_report}
+        stop_if_nonfinite(nonfinite_run, cfg, step, run_dir)
+        evaluate_and_checkpoint(cfg, accelerator, run_dir, step, student, processor, evaluator, sampler, last_batch,
+                                skipped)
+    return finish_run(cfg, accelerator, run_dir, step, student, processor, evaluator, log, skipped)
 
 
 def rollout_stats(micro, processor) -> dict:

@@ -150,6 +150,42 @@ def batches_forever(loader):
         yield from loader
 
 
+def next_batches(data, count: int, skipped: SkipCounter) -> list[dict]:
+    """The step's `count` micro-batches; the clips they had to skip are added to `skipped`."""
+    batches = [next(data) for _ in range(count)]
+    for batch in batches:
+        skipped.update(batch["skipped"])
+    return batches
+
+
+def stop_if_nonfinite(nonfinite_run: int, cfg: RunConfig, step: int, run_dir: Path) -> None:
+    """Too many non-finite steps in a row end the run; skipped steps changed no weight."""
+    if nonfinite_run >= cfg.max_nonfinite_in_a_row:
+        raise RuntimeError(f"{nonfinite_run} non-finite losses in a row at step {step}; the last good "
+                           f"checkpoint in {run_dir / 'checkpoints'} is intact")
+
+
+def evaluate_and_checkpoint(cfg: RunConfig, accelerator, run_dir: Path, step: int, student, processor, evaluator,
+                            sampler, last_batch, skipped: SkipCounter) -> None:
+    """The dev evaluation and the checkpoint that are due after `step`."""
+    if cfg.eval.every and evaluator.due(step):
+        run_dev_eval(evaluator, step, student, processor, cfg, accelerator)
+    if step % cfg.checkpoint.every == 0 or step == cfg.max_steps:
+        save_run_checkpoint(accelerator, run_dir, step, sampler, last_batch, evaluator, skipped,
+                            cfg.checkpoint.keep_last)
+
+
+def finish_run(cfg: RunConfig, accelerator, run_dir: Path, step: int, student, processor, evaluator, log,
+               skipped: SkipCounter) -> dict:
+    """A last dev evaluation (unless the last step just had one), the final model, the skip report."""
+    final_report = run_dev_eval(evaluator, step, student, processor, cfg, accelerator) \
+        if not cfg.eval.every or not evaluator.due(step) else None
+    save_final(accelerator, student, processor, run_dir)
+    log.close()
+    accelerator.print(skipped.report())
+    return {"step": step, "run_dir": str(run_dir), "final_eval": final_report}
+
+
 def decoding_sync(accelerator):
     """Under ZeRO-3 every forward gathers parameters collectively: all ranks decode until all are done."""
     if not is_zero3(accelerator):

@@ -27,16 +27,17 @@ from train.recipe import (  # noqa: E402
     batches_forever,
     build_student_model,
     ensure_toy_corpus,
+    evaluate_and_checkpoint,
+    finish_run,
     make_accelerator,
     make_evaluator,
+    next_batches,
     no_zero3_init,
     prepare_run_dir,
     prepare_training,
     refuse_zero3_with_tied_embeddings,
     resume_run,
-    run_dev_eval,
-    save_final,
-    save_run_checkpoint,
+    stop_if_nonfinite,
 )
 from train.run_log import RunLog  # noqa: E402
 from train.supervised import sft_update  # noqa: E402
@@ -64,29 +65,16 @@ def main(cfg: SFTConfig) -> dict:
     while step < cfg.max_steps:
         step += 1
         started = time.perf_counter()
-        batches = [next(data) for _ in range(cfg.optim.grad_accum)]
-        for b in batches:
-            skipped.update(b["skipped"])
+        batches = next_batches(data, cfg.optim.grad_accum, skipped)
         stats = sft_update(accelerator, student, optimizer, scheduler, batches, cfg.optim.grad_clip)
         last_batch = (batches[-1]["epoch"], batches[-1]["position"])
         nonfinite_run = nonfinite_run + 1 if stats["nonfinite"] else 0
         log.log(step, {**stats, "lr": scheduler.get_last_lr()[0], "step_seconds": time.perf_counter() - started,
                        "samples": float(sum(b["size"] for b in batches)), "skipped_files": sum(skipped.values())})
-        if nonfinite_run >= cfg.max_nonfinite_in_a_row:
-            raise RuntimeError(f"{nonfinite_run} non-finite losses in a row at step {step}; the last good "
-                               f"checkpoint in {run_dir / 'checkpoints'} is intact")
-        if cfg.eval.every and evaluator.due(step):
-            run_dev_eval(evaluator, step, student, processor, cfg, accelerator)
-        if step % cfg.checkpoint.every == 0 or step == cfg.max_steps:
-            save_run_checkpoint(accelerator, run_dir, step, sampler, last_batch, evaluator, skipped,
-                                cfg.checkpoint.keep_last)
-
-    final_report = run_dev_eval(evaluator, step, student, processor, cfg, accelerator) \
-        if not cfg.eval.every or not evaluator.due(step) else None
-    save_final(accelerator, student, processor, run_dir)
-    log.close()
-    accelerator.print(skipped.report())
-    return {"step": step, "run_dir": str(run_dir), "final_eval": final_report}
+        stop_if_nonfinite(nonfinite_run, cfg, step, run_dir)
+        evaluate_and_checkpoint(cfg, accelerator, run_dir, step, student, processor, evaluator, sampler, last_batch,
+                                skipped)
+    return finish_run(cfg, accelerator, run_dir, step, student, processor, evaluator, log, skipped)
 
 
 def parse_args(argv: list[str] | None = None) -> SFTConfig:
