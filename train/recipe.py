@@ -209,7 +209,7 @@ def run_dev_eval(evaluator, step, student, processor, cfg, accelerator) -> dict 
     model.eval()
     report = evaluator.evaluate(step, StudentTranscriber(model, processor, max_new_tokens=cfg.eval.max_new_tokens,
                                                          language_prompt=cfg.eval.language_prompt,
-                                                         sampling={"all_done": decoding_sync(accelerator)}))
+                                                         generate_options={"all_done": decoding_sync(accelerator)}))
     model.train(was_training)
     if report is not None and accelerator.log_with:  # eval/history.jsonl keeps them in the run folder
         accelerator.log(evaluator.metrics(report), step=step)

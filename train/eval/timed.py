@@ -37,7 +37,8 @@ class StudentTranscriber:
     name: str = "student"
     max_new_tokens: int = 256
     language_prompt: bool = False  # put the manifest language in the prompt
-    sampling: dict = field(default_factory=dict)  # also `all_done` (generation kept in step across ranks)
+    # passed to `generate`: do_sample/temperature/top_p, or all_done (decoding kept in step across ranks)
+    generate_options: dict = field(default_factory=dict)
 
     @property
     def device(self) -> torch.device:
@@ -48,7 +49,7 @@ class StudentTranscriber:
 
         prompt_languages = list(languages) if self.language_prompt else None
         return transcribe(self.model, self.processor, audios, prompt_languages, self.max_new_tokens,
-                          **self.sampling)
+                          **self.generate_options)
 
 
 def _sync(device: torch.device) -> None:

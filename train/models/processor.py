@@ -65,6 +65,7 @@ class ArkProcessor:
             raise ValueError(f"tokens.eos_tokens: {unknown} are not tokens of the tokenizer")
         self.eos_token_ids = sorted({vocab[t] for t in self.tokens.eos_tokens}
                                     | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()))
+        self._allowed: dict[int, torch.Tensor] = {}
         # Padding is masked everywhere; a tokenizer without a pad token pads with its first EOS id.
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_token_ids[0]
 
@@ -103,9 +104,12 @@ class ArkProcessor:
         return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
     def allowed_token_mask(self, vocab_size: int) -> torch.Tensor:
-        """allowed_V for decoding: the ASR token filter of this tokenizer and model vocabulary."""
-        return allowed_token_mask(self.tokenizer, vocab_size, self.eos_token_ids, self.audio_token_id,
-                                  self.tokens.block_from_id)
+        """allowed_V for decoding: the ASR token filter of this tokenizer and model vocabulary.
+        Built once per vocabulary size (every rollout and transcription asks for it)."""
+        if vocab_size not in self._allowed:
+            self._allowed[vocab_size] = allowed_token_mask(self.tokenizer, vocab_size, self.eos_token_ids,
+                                                           self.audio_token_id, self.tokens.block_from_id)
+        return self._allowed[vocab_size]
 
     # ---- features --------------------------------------------------------------------------
     def features(self, audios: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
