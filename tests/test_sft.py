@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -49,3 +50,46 @@ def test_adapter_only_alignment_trains_only_the_adapter(tmp_path, tokenizer):
     final = load_file(tmp_path / "run/final/model.safetensors")
     changed = {k for k in final if not torch.equal(final[k], initial[k])}
     assert changed and all(k.startswith("model.multi_modal_projector.") for k in changed)
+
+
+def _metrics(run) -> list[dict]:
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+
+
+@pytest.mark.parametrize("source", ["encoder", "adapter"])
+def test_ctc_head_trains_resumes_and_stays_out_of_the_saved_model(tmp_path, tokenizer, source):
+    train = _manifest(tmp_path / "data", 8)
+    dev = _manifest(tmp_path / "data", 2, name="dev.jsonl")
+    model_cfg = tmp_path / "with_encoder.yaml"
+    model_cfg.write_text(open("configs/models/tiny.yaml").read() + "train_encoder: true\n")
+    ctc = {"ctc.weight": 0.5, "ctc.source": source, "student.model": model_cfg}
+    main(_args(tmp_path / "straight", train, dev, max_steps=12, **ctc))
+    steps = _metrics(tmp_path / "straight/run")
+    assert all(s["loss"] == pytest.approx(s["nll"] + 0.5 * s["ctc"], rel=1e-6) for s in steps)
+    assert sum(s["ctc"] for s in steps[-3:]) < sum(s["ctc"] for s in steps[:3])  # the head learns
+    main(_args(tmp_path / "resumed", train, dev, max_steps=6, **ctc, **{"checkpoint.every": 3}))
+    main(_args(tmp_path / "resumed", train, dev, max_steps=12, **ctc, **{"checkpoint.every": 3}))
+    a = load_file(tmp_path / "straight/run/final/model.safetensors")
+    b = load_file(tmp_path / "resumed/run/final/model.safetensors")
+    assert not any("ctc" in k for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the head's and its optimiser state resumed too
+    from train.models import load_student
+
+    assert load_student(tmp_path / "straight/run/final")[0].config.text_config.vocab_size > 0
+
+
+def test_ctc_batch_8_x_accum_1_equals_batch_2_x_accum_4(tmp_path, tokenizer):
+    train = _manifest(tmp_path / "data", 8, seconds=lambda i: 1.0)
+    dev = _manifest(tmp_path / "data", 2, name="dev.jsonl")
+    model_cfg = tmp_path / "with_encoder.yaml"
+    model_cfg.write_text(open("configs/models/tiny.yaml").read() + "train_encoder: true\n")
+    common = {"max_steps": 1, "ctc.weight": 1.0, "student.model": model_cfg, "data.max_batch_seconds": 100.0,
+              "checkpoint.every": 1, "optim.lr": 1e-3}
+    main(_args(tmp_path / "a", train, dev, **common, **{"data.max_batch_size": 8}))
+    main(_args(tmp_path / "b", train, dev, **common, **{"data.max_batch_size": 2, "optim.grad_accum": 4}))
+    ma, mb = _metrics(tmp_path / "a/run")[0], _metrics(tmp_path / "b/run")[0]
+    assert ma["ctc"] == pytest.approx(mb["ctc"], rel=1e-5) and ma["nll"] == pytest.approx(mb["nll"], rel=1e-5)
+    a = load_file(tmp_path / "a/run/final/model.safetensors")
+    b = load_file(tmp_path / "b/run/final/model.safetensors")
+    for key in a:  # tolerance as in test_distill's accumulation test (Adam amplifies float32 order noise)
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=5e-6)

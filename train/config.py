@@ -415,7 +415,22 @@ class DistillConfig(RunConfig):
 
 
 @dataclass
+class CTCConfig:
+    """Auxiliary CTC loss on the audio branch (train/models/ctc.py): helps a student trained from
+    scratch start listening. Loss = decoder NLL + weight x CTC, both per transcript token."""
+
+    weight: float = 0.0  # 0 = no CTC head
+    source: str = "encoder"  # encoder (50 frames/s) | adapter (12.5 frames/s)
+
+    def __post_init__(self):
+        _require(self.weight >= 0, "ctc.weight", f"must be >= 0, got {self.weight}")
+        _require(self.source in ("encoder", "adapter"), "ctc.source",
+                 f"must be encoder or adapter, got {self.source!r}")
+
+
+@dataclass
 class SFTConfig(RunConfig):
     """Supervised training on transcripts (base SFT, or TD on pseudo-labels); `python train/sft.py ...`."""
 
     output_dir: str = "runs/sft"
+    ctc: CTCConfig = field(default_factory=CTCConfig)

@@ -20,6 +20,7 @@ from train.data.audio import AudioLimits, SkipCounter
 from train.eval.periodic import PeriodicEvaluator
 from train.eval.timed import StudentTranscriber
 from train.models import build_student, configure_training, load_student, save_student
+from train.models.ctc import StudentWithCTC, student_state_dict, unwrap_student
 
 TOY_DIR = "data/toy_tts"
 
@@ -204,7 +205,7 @@ def is_zero3(accelerator) -> bool:
 
 
 def run_dev_eval(evaluator, step, student, processor, cfg, accelerator) -> dict | None:
-    model = accelerator.unwrap_model(student)
+    model = unwrap_student(accelerator.unwrap_model(student))
     was_training = model.training
     model.eval()
     report = evaluator.evaluate(step, StudentTranscriber(model, processor, max_new_tokens=cfg.eval.max_new_tokens,
@@ -225,12 +226,15 @@ def save_run_checkpoint(accelerator, run_dir: Path, step: int, sampler, last_bat
 
 
 def save_final(accelerator, student, processor, run_dir: Path) -> None:
-    """The final model, and a check that data-parallel ranks ended with the same parameters."""
+    """The final model, and a check that data-parallel ranks ended with the same parameters.
+    A training-only CTC head (StudentWithCTC) is left out: the final model is the student alone."""
     state_dict = accelerator.get_state_dict(student)  # gathers ZeRO-3 shards onto rank 0
+    if isinstance(accelerator.unwrap_model(student), StudentWithCTC):
+        state_dict = student_state_dict(state_dict)
     digests = gather_object([parameter_digest(state_dict)]) if accelerator.num_processes > 1 else [
         parameter_digest(state_dict)]
     if accelerator.is_main_process:
-        save_student(accelerator.unwrap_model(student), processor, run_dir / "final", state_dict=state_dict)
+        save_student(unwrap_student(accelerator.unwrap_model(student)), processor, run_dir / "final", state_dict=state_dict)
         (run_dir / "final" / "rank_digests.json").write_text(json.dumps(digests))
         if not is_zero3(accelerator) and len(set(digests)) > 1:  # under ZeRO-3 only rank 0 has them whole
             raise RuntimeError(f"data-parallel ranks ended with different parameters: {digests}")

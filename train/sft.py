@@ -5,7 +5,8 @@
 
 Which parts train is the student model config's (adapter-only alignment: train_encoder=false,
 train_decoder=false; full SFT: the default; LoRA: lora.enabled=true). TD is SFT whose data.train
-points at manifests written by train/transcribe.py. Same run folder, logging, dev evaluation,
+points at manifests written by train/transcribe.py. `ctc.weight` > 0 adds an auxiliary CTC loss
+on the encoder or adapter outputs (train/models/ctc.py); the saved model leaves its head out. Same run folder, logging, dev evaluation,
 checkpoints and resume as train/distill.py (the shared pieces live in train/recipe.py).
 """
 
@@ -23,6 +24,7 @@ from accelerate.utils import set_seed  # noqa: E402
 
 from train.config import SFTConfig, config_to_dict, load_config  # noqa: E402
 from train.data.loader import make_loader  # noqa: E402
+from train.models.ctc import StudentWithCTC  # noqa: E402
 from train.recipe import (  # noqa: E402
     batches_forever,
     build_student_model,
@@ -52,6 +54,8 @@ def main(cfg: SFTConfig) -> dict:
     with no_zero3_init(accelerator, unless_asked=True):
         student, processor = build_student_model(cfg)
     refuse_zero3_with_tied_embeddings(accelerator, student)
+    if cfg.ctc.weight > 0:  # a training-only head; save_final keeps the student alone
+        student = StudentWithCTC(student, cfg.ctc.source)
     loader = make_loader(cfg.data.train, processor, cfg.data, seed=cfg.seed, num_replicas=accelerator.num_processes,
                          rank=accelerator.process_index)
     sampler = loader.batch_sampler
@@ -66,7 +70,8 @@ def main(cfg: SFTConfig) -> dict:
         step += 1
         started = time.perf_counter()
         batches = next_batches(data, cfg.optim.grad_accum, skipped)
-        stats = sft_update(accelerator, student, optimizer, scheduler, batches, cfg.optim.grad_clip)
+        stats = sft_update(accelerator, student, optimizer, scheduler, batches, cfg.optim.grad_clip,
+                           ctc_weight=cfg.ctc.weight, eos_token_ids=processor.eos_token_ids)
         last_batch = (batches[-1]["epoch"], batches[-1]["position"])
         nonfinite_run = nonfinite_run + 1 if stats["nonfinite"] else 0
         log.log(step, {**stats, "lr": scheduler.get_last_lr()[0], "step_seconds": time.perf_counter() - started,

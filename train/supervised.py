@@ -1,9 +1,11 @@
-"""The supervised step: cross-entropy on transcript tokens, normalised by the step's global token count."""
+"""The supervised step: cross-entropy on transcript tokens, normalised by the step's global token
+count, plus (optionally) an auxiliary CTC loss on the audio branch in the same units."""
 
 from __future__ import annotations
 
 import torch
 
+from train.models.ctc import StudentWithCTC, ctc_loss_per_clip, ctc_targets, infeasible
 from train.opd.losses import token_nll
 from train.opd.reduction import global_token_count, token_mean
 from train.optimize import accumulate_and_step, averaged_over, zero_loss
@@ -14,30 +16,53 @@ def _targets(batch: dict, device) -> torch.Tensor:
     return batch["labels"][:, 1:].to(device)
 
 
-def sft_update(accelerator, model, optimizer, scheduler, batches: list[dict], grad_clip: float) -> dict:
-    """Teacher-forced NLL over every micro-batch of the step, one AdamW step."""
+def sft_update(accelerator, model, optimizer, scheduler, batches: list[dict], grad_clip: float,
+               ctc_weight: float = 0.0, eos_token_ids: list[int] | None = None) -> dict:
+    """Teacher-forced NLL (+ ctc_weight x CTC NLL) over every micro-batch of the step, one AdamW step.
+
+    Both terms are sums over the step's clips divided by the global count of transcript tokens, so
+    batch 8 x accumulation 1 and batch 2 x accumulation 4 give the same update. With ctc_weight > 0
+    the model is a `StudentWithCTC`; its CTC targets are the transcript tokens without EOS."""
     device = accelerator.device
     usable = [b for b in batches if b["size"] and "labels" in b]
     masks = [_targets(b, device) >= 0 for b in usable]
     n_tokens = global_token_count(masks or [torch.zeros(1, dtype=torch.bool, device=device)], accelerator)
     scale = averaged_over(accelerator)
+    parts = {"nll": 0.0, "ctc": 0.0, "ctc_infeasible": 0}
 
     def micro_loss(batch: dict | None):
         def compute() -> torch.Tensor:
             if batch is None:
                 return zero_loss(model)
             param = next(model.parameters())
-            logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                           input_features=batch["input_features"].to(device, param.dtype),
-                           input_features_mask=batch["input_features_mask"].to(device)).logits[:, :-1]
+            inputs = dict(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                          input_features=batch["input_features"].to(device, param.dtype),
+                          input_features_mask=batch["input_features_mask"].to(device))
+            out = model(**inputs)
             targets = _targets(batch, device)
-            return token_mean(token_nll(logits, targets), targets >= 0, n_tokens, scale)
+            loss = token_mean(token_nll(out.logits[:, :-1], targets), targets >= 0, n_tokens, scale)
+            parts["nll"] += float(loss.detach()) / scale
+            if ctc_weight > 0:
+                ctc_tgt, ctc_len = ctc_targets(batch["labels"].to(device), eos_token_ids or [])
+                per_clip = ctc_loss_per_clip(out.ctc_log_probs_B_L_C, out.ctc_lengths_B, ctc_tgt, ctc_len,
+                                             blank=out.ctc_log_probs_B_L_C.shape[-1] - 1)
+                ctc = per_clip.sum() * scale / n_tokens  # the units token_mean gives the NLL
+                parts["ctc"] += float(ctc.detach()) / scale
+                parts["ctc_infeasible"] += infeasible(out.ctc_lengths_B, ctc_len)
+                loss = loss + ctc_weight * ctc
+            return loss
         return compute
 
+    if ctc_weight > 0 and not isinstance(accelerator.unwrap_model(model), StudentWithCTC):
+        raise TypeError("ctc_weight > 0 needs the student wrapped in train.models.ctc.StudentWithCTC")
     computes = [micro_loss(b if (b["size"] and "labels" in b) else None) for b in batches]
     step = accumulate_and_step(accelerator, model, optimizer, scheduler, computes, grad_clip)
-    total = torch.tensor(step["local_loss"], dtype=torch.float64, device=device)
+    totals = torch.tensor([step["local_loss"], parts["nll"], parts["ctc"], parts["ctc_infeasible"]],
+                          dtype=torch.float64, device=device)
     if accelerator.num_processes > 1:
-        total = accelerator.reduce(total, reduction="sum")
-    return {"loss": float(total), "tokens": float(n_tokens), "nonfinite": step["nonfinite"],
-            "grad_norm": step["grad_norm"]}
+        totals = accelerator.reduce(totals, reduction="sum")
+    stats = {"loss": float(totals[0]), "tokens": float(n_tokens), "nonfinite": step["nonfinite"],
+             "grad_norm": step["grad_norm"]}
+    if ctc_weight > 0:
+        stats.update(nll=float(totals[1]), ctc=float(totals[2]), ctc_infeasible=int(totals[3]))
+    return stats
