@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from train.config import ConfigError, ModelConfig, config_to_yaml, load_config
+from train.config import ConfigError, DistillConfig, ModelConfig, config_to_yaml, load_config
 
 
 def test_yaml_then_overrides(tmp_path):
@@ -52,3 +52,12 @@ def test_error_names_the_file(tmp_path):
     path.write_text("decoder:\n  vocab: 10\n")
     with pytest.raises(ConfigError, match=r"decoder\.vocab in .*bad\.yaml"):
         load_config(ModelConfig, path)
+
+
+def test_bare_no_means_no_mixed_precision(tmp_path):
+    """YAML 1.1 reads `no` as false, on the command line and in a file alike."""
+    cfg = load_config(DistillConfig, "configs/distill/toy.yaml", ["mixed_precision=no"])
+    assert cfg.mixed_precision == "no"
+    path = tmp_path / "c.yaml"
+    path.write_text("mixed_precision: no\ndata:\n  train:\n    - path: x.jsonl\n")
+    assert load_config(DistillConfig, path).mixed_precision == "no"

@@ -398,6 +398,8 @@ class RunConfig:
 
     def __post_init__(self):
         _require(self.max_steps >= 1, "max_steps", f"must be >= 1, got {self.max_steps}")
+        if self.mixed_precision in ("False", "false"):  # YAML 1.1 reads a bare `no` as false
+            self.mixed_precision = "no"
         _require(self.mixed_precision in ("no", "bf16", "fp16"), "mixed_precision",
                  f"must be no, bf16 or fp16, got {self.mixed_precision!r}")
         _require(self.max_nonfinite_in_a_row >= 1, "max_nonfinite_in_a_row",
