@@ -234,7 +234,8 @@ def save_final(accelerator, student, processor, run_dir: Path) -> None:
     digests = gather_object([parameter_digest(state_dict)]) if accelerator.num_processes > 1 else [
         parameter_digest(state_dict)]
     if accelerator.is_main_process:
-        save_student(unwrap_student(accelerator.unwrap_model(student)), processor, run_dir / "final", state_dict=state_dict)
+        save_student(unwrap_student(accelerator.unwrap_model(student)), processor, run_dir / "final",
+                     state_dict=state_dict)
         (run_dir / "final" / "rank_digests.json").write_text(json.dumps(digests))
         if not is_zero3(accelerator) and len(set(digests)) > 1:  # under ZeRO-3 only rank 0 has them whole
             raise RuntimeError(f"data-parallel ranks ended with different parameters: {digests}")

@@ -6,8 +6,9 @@
 Which parts train is the student model config's (adapter-only alignment: train_encoder=false,
 train_decoder=false; full SFT: the default; LoRA: lora.enabled=true). TD is SFT whose data.train
 points at manifests written by train/transcribe.py. `ctc.weight` > 0 adds an auxiliary CTC loss
-on the encoder or adapter outputs (train/models/ctc.py); the saved model leaves its head out. Same run folder, logging, dev evaluation,
-checkpoints and resume as train/distill.py (the shared pieces live in train/recipe.py).
+on the encoder or adapter outputs (train/models/ctc.py); the saved model leaves its head out.
+Same run folder, logging, dev evaluation, checkpoints and resume as train/distill.py (the shared
+pieces live in train/recipe.py).
 """
 
 from __future__ import annotations
