@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SCHEMAS = {"models": ModelConfig, "distill": DistillConfig, "sft": SFTConfig,
            # folders of whole recipes: the schema follows the stage in the file name
            "ark_asr_3b": {"sft": SFTConfig, "td": SFTConfig, "opd": DistillConfig},
-           "domain_adaptation": {"pseudo_label_sft": SFTConfig, "opd": DistillConfig}}
+           "domain_adaptation": {"pseudo_label_sft": SFTConfig, "opd": DistillConfig},
+           "toy": {"teacher": SFTConfig, "base": SFTConfig, "td": SFTConfig, "opd": DistillConfig}}
 
 
 def _schema(path):

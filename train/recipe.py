@@ -43,14 +43,18 @@ def make_accelerator(cfg: RunConfig) -> Accelerator:
 
 
 def ensure_toy_corpus(cfg: RunConfig, accelerator) -> None:
-    """The bundled toy setup builds its corpus on first use (about 2 minutes, offline)."""
+    """The bundled toy setup builds its corpus on first use (about 2 minutes, offline), and the
+    labelled / unlabelled split of its training audio (data_recipes/toy_tts/split.py) if asked for."""
     paths = [s.path for s in cfg.data.train + cfg.data.dev]
     if not any(p.startswith(TOY_DIR + "/") and not Path(p).exists() for p in paths):
         return
     if accelerator.is_main_process:
         from data_recipes.toy_tts.prepare import main as build_toy
+        from data_recipes.toy_tts.split import main as split_toy
 
         build_toy(["--out", TOY_DIR, "--seed", "0"])
+        if any(Path(p).name in ("train_labelled.jsonl", "train_pool.jsonl") for p in paths):
+            split_toy(["--corpus", TOY_DIR])
     accelerator.wait_for_everyone()
 
 

@@ -9,6 +9,7 @@ Target:
 from __future__ import annotations
 
 import json
+import unicodedata
 from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
@@ -95,13 +96,14 @@ class ArkProcessor:
         return self.tokenizer(text, add_special_tokens=False).input_ids
 
     def decode(self, ids: Sequence[int]) -> str:
-        """Transcript text: stops at the first EOS id, drops special tokens."""
+        """Transcript text: stops at the first EOS id, drops special tokens, composes characters (NFC:
+        a character vocabulary spells é and Korean syllables as NFD parts)."""
         ids = list(ids)
         for i, t in enumerate(ids):
             if t in self.eos_token_ids:
                 ids = ids[:i]
                 break
-        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+        return unicodedata.normalize("NFC", self.tokenizer.decode(ids, skip_special_tokens=True)).strip()
 
     def allowed_token_mask(self, vocab_size: int) -> torch.Tensor:
         """allowed_V for decoding: the ASR token filter of this tokenizer and model vocabulary.

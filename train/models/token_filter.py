@@ -1,8 +1,9 @@
 """The ASR token filter: which ids decoding may emit.
 
 Blocked: every special/added token of the tokenizer except the EOS set, the audio placeholder
-(sampling it would break the next step's placeholder scatter), and every id at or above
-`block_from_id` (the padded tail of the embedding matrix and any later specials).
+(sampling it would break the next step's placeholder scatter), every id at or above
+`block_from_id` (later specials), and every id the tokenizer does not have (the padded tail of
+the embedding matrix).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ def allowed_token_mask(tokenizer: PreTrainedTokenizerBase, vocab_size: int, eos_
                        audio_token_id: int, block_from_id: int) -> torch.Tensor:
     """allowed_V: True where decoding may emit the id."""
     allowed_V = torch.zeros(vocab_size, dtype=torch.bool)
-    allowed_V[: min(block_from_id, vocab_size)] = True
+    allowed_V[: min(block_from_id, vocab_size, len(tokenizer))] = True
     specials = set(tokenizer.all_special_ids)
     specials |= {i for i, tok in tokenizer.added_tokens_decoder.items() if tok.special}
     for i in specials:

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The paper's table at toy scale on a CPU: a teacher, a base student, Base+TD, Base+OPD and
+# Base+TD+OPD, each evaluated on the toy test split in 19 languages; writes runs/toy/report.md.
+#   make reproduce-toy            (= make setup, then this script with the project's .venv)
+#   bash scripts/reproduce_toy.sh (with the environment already active)
+# A stage whose output exists is skipped, so a killed run goes on where it stopped (a killed
+# training stage also resumes from its last checkpoint). Wall times: runs/toy/wall_times.json.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python}
+RUNS=runs/toy  # the configs in configs/toy/ name these paths
+DATA=data/toy_tts
+mkdir -p "$RUNS/eval"
+
+stage() {  # stage NAME OUTPUT CMD...: run CMD unless OUTPUT exists; add its wall time to wall_times.json
+  local name=$1 output=$2 start
+  shift 2
+  if [ -e "$output" ]; then echo "== $name: done ($output)"; return; fi
+  echo "== $name: $*"
+  start=$(date +%s)
+  "$@"
+  "$PY" - "$RUNS/wall_times.json" "$name" "$(( $(date +%s) - start ))" <<'PYEOF'
+import json, pathlib, sys
+path, name, seconds = pathlib.Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+times = json.loads(path.read_text()) if path.exists() else {}
+times[name] = times.get(name, 0) + seconds
+path.write_text(json.dumps(times, indent=2) + "\n")
+PYEOF
+}
+
+# Data: the 19-language toy corpus (cached), its training audio split into a labelled quarter
+# (base student) and an unlabelled pool (TD and OPD), and the character vocabulary.
+stage corpus "$DATA/train_pool.jsonl" bash -c "'$PY' data_recipes/toy_tts/prepare.py --out $DATA --seed 0 \
+  && '$PY' data_recipes/toy_tts/split.py --corpus $DATA --labelled-share 0.25"
+stage tokenizer "$RUNS/tokenizer/tokenizer.json" \
+  "$PY" -m train.models.char_tokenizer --manifest "$DATA/train.jsonl" --out "$RUNS/tokenizer"
+
+# The teacher (all labelled audio, larger) and the base student (the labelled quarter, smaller).
+stage teacher "$RUNS/teacher/final/model.safetensors" "$PY" train/sft.py --config configs/toy/teacher.yaml
+stage base "$RUNS/base/final/model.safetensors" "$PY" train/sft.py --config configs/toy/base.yaml
+
+# TD: the teacher transcribes the pool, the base student is fine-tuned on its transcripts.
+stage pseudo_label "$RUNS/pseudo_teacher.jsonl" "$PY" train/transcribe.py --model "$RUNS/teacher/final" \
+  --manifest "$DATA/train_pool.jsonl" --out "$RUNS/pseudo_teacher.jsonl" --drop-empty --drop-repetitive \
+  --batch-size 64 --max-new-tokens 160 --device cpu
+stage td "$RUNS/td/final/model.safetensors" "$PY" train/sft.py --config configs/toy/td.yaml
+# OPD: the base student (and the TD student) distilled from the teacher on the same pool, no labels.
+stage opd "$RUNS/opd/final/model.safetensors" "$PY" train/distill.py --config configs/toy/opd.yaml
+stage td_opd "$RUNS/td_opd/final/model.safetensors" "$PY" train/distill.py --config configs/toy/opd.yaml \
+  output_dir="$RUNS/td_opd" student.checkpoint="$RUNS/td/final"
+
+for model in teacher base td opd td_opd; do
+  stage "eval_$model" "$RUNS/eval/$model.hyps.jsonl" "$PY" train/evaluate.py --model "$RUNS/$model/final" \
+    --manifest "$DATA/test.jsonl" --out "$RUNS/eval/$model.json" --hyps --batch-size 64 --max-new-tokens 160 \
+    --device cpu
+done
+"$PY" scripts/toy_report.py --runs "$RUNS"

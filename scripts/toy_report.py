@@ -1,0 +1,147 @@
+"""The paper's table at toy scale, from a run folder that scripts/reproduce_toy.sh (or `make demo`) filled.
+
+    python scripts/toy_report.py --runs runs/toy
+
+Reads RUNS/eval/<model>.hyps.jsonl (train/evaluate.py --hyps) for teacher, base, td, opd, td_opd
+(whichever exist), RUNS/<stage>/eval/history.jsonl for the dev curves and RUNS/wall_times.json.
+Writes RUNS/report.md (error rates per language and on average: CER for zh/ja/ko, WER and CER
+elsewhere; the share of the Base->Teacher gap each method closes; language fidelity; wall time
+per stage) and RUNS/dev_curves.png (dev error rate over student updates for TD and OPD).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from train.eval.error_rates import error_rates  # noqa: E402
+from train.eval.language_id import language_fidelity  # noqa: E402
+from train.eval.normalizers import CHARACTER_LANGUAGES  # noqa: E402
+
+MODELS = {"teacher": "Teacher", "base": "Base", "td": "Base+TD", "opd": "Base+OPD", "td_opd": "Base+TD+OPD"}
+CURVES = {"td": "Base+TD", "opd": "Base+OPD", "td_opd": "Base+TD+OPD"}
+
+
+def _rows(path: Path) -> dict[str, list[dict]]:
+    by_language = defaultdict(list)
+    for line in path.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        by_language[row["language"]].append(row)
+    return dict(by_language)
+
+
+def score(path: Path) -> dict[str, dict]:
+    """{language: {primary, wer, cer, fidelity}}: primary is CER for zh/ja/ko, WER elsewhere."""
+    out = {}
+    for language, rows in sorted(_rows(path).items()):
+        refs, hyps = [r["reference"] for r in rows], [r["hypothesis"] for r in rows]
+        cer = error_rates(refs, hyps, language, metric="cer")["rate"]
+        wer = None if language in CHARACTER_LANGUAGES else error_rates(refs, hyps, language, metric="wer")["rate"]
+        out[language] = {"primary": cer if wer is None else wer, "wer": wer, "cer": cer,
+                         "fidelity": language_fidelity(hyps, language)["fidelity"]}
+    return out
+
+
+def mean(values) -> float:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else float("nan")
+
+
+def gap_closed(base: float, method: float, teacher: float) -> float | None:
+    """(base - method) / (base - teacher): 1 = as good as the teacher, 0 = no better than base."""
+    return (base - method) / (base - teacher) if base != teacher else None
+
+
+def _pct(x) -> str:
+    return "–" if x is None else f"{100 * x:.1f}"
+
+
+def build_report(runs: Path) -> tuple[str, dict]:
+    scores = {m: score(runs / "eval" / f"{m}.hyps.jsonl") for m in MODELS if (runs / "eval" / f"{m}.hyps.jsonl").exists()}
+    if not scores:
+        raise FileNotFoundError(f"{runs}/eval: no <model>.hyps.jsonl from train/evaluate.py --hyps")
+    names = list(scores)
+    languages = sorted({lang for s in scores.values() for lang in s})
+    summary = {m: {"primary": mean(s[lang]["primary"] for lang in s), "cer": mean(s[lang]["cer"] for lang in s),
+                   "wer": mean(s[lang]["wer"] for lang in s), "fidelity": mean(s[lang]["fidelity"] for lang in s)}
+               for m, s in scores.items()}
+    lines = ["Error rates in % on the toy test split (CER for zh/ja/ko; WER / CER elsewhere). Lower is better.", "",
+             "| language | " + " | ".join(MODELS[m] for m in names) + " |",
+             "|---|" + "---:|" * len(names)]
+    for lang in languages:
+        cells = []
+        for m in names:
+            r = scores[m].get(lang)
+            cells.append("–" if r is None else _pct(r["cer"]) if r["wer"] is None else f"{_pct(r['wer'])} / {_pct(r['cer'])}")
+        lines.append(f"| {lang} | " + " | ".join(cells) + " |")
+    lines.append("| **average** (primary metric) | " + " | ".join(f"**{_pct(summary[m]['primary'])}**" for m in names)
+                 + " |")
+    lines.append("| average CER, all languages | " + " | ".join(_pct(summary[m]["cer"]) for m in names) + " |")
+    lines.append("| language fidelity | " + " | ".join(_pct(summary[m]["fidelity"]) for m in names) + " |")
+    gaps = {}
+    if "base" in summary and "teacher" in summary:
+        lines += ["", "Share of the Base→Teacher gap closed, (base − method) / (base − teacher):", "",
+                  "| method | average primary metric | average CER |", "|---|---:|---:|"]
+        for m in names:
+            if m in ("base", "teacher"):
+                continue
+            gaps[m] = {k: gap_closed(summary["base"][k], summary[m][k], summary["teacher"][k])
+                       for k in ("primary", "cer")}
+            lines.append(f"| {MODELS[m]} | {_pct(gaps[m]['primary'])} % | {_pct(gaps[m]['cer'])} % |")
+    times_path = runs / "wall_times.json"
+    if times_path.exists():
+        times = json.loads(times_path.read_text())
+        lines += ["", "| stage | wall time |", "|---|---:|"]
+        lines += [f"| {stage} | {seconds / 60:.1f} min |" for stage, seconds in times.items()]
+        lines.append(f"| total | {sum(times.values()) / 60:.1f} min |")
+    if plot_dev_curves(runs, runs / "dev_curves.png"):
+        lines += ["", "![dev error rate over student updates](dev_curves.png)"]
+    return "\n".join(lines) + "\n", {"summary": summary, "gap_closed": gaps, "languages": scores}
+
+
+def plot_dev_curves(runs: Path, path: Path) -> bool:
+    histories = {}
+    for stage, label in CURVES.items():
+        f = runs / stage / "eval" / "history.jsonl"
+        if f.exists():
+            points = [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
+            histories[label] = [(p["step"], 100 * p["average_rate"]) for p in points if p["average_rate"] is not None]
+    if not histories:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, points in histories.items():
+        ax.plot(*zip(*points), marker="o", label=label)
+    ax.set_xlabel("student updates")
+    ax.set_ylabel("dev error rate, average over languages (%)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=Path, default=Path("runs/toy"))
+    args = parser.parse_args(argv)
+    text, data = build_report(args.runs)
+    (args.runs / "report.md").write_text(text, encoding="utf-8")
+    (args.runs / "report.json").write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    print(text)
+    return data
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""scripts/toy_report.py: per-language rates from hypotheses, averages, and the gap each method closes."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from train.eval.error_rates import error_rates
+
+ROOT = Path(__file__).resolve().parents[1]
+REFS = {"en": ["the cat sat", "a dog ran"], "zh": ["中心死长", "学生我"]}
+HYPS = {"teacher": {"en": ["the cat sat", "a dog ran"], "zh": ["中心死长", "学生我"]},
+        "base": {"en": ["the bat sat", "a dog"], "zh": ["中心长", "学我"]},
+        "opd": {"en": ["the cat sat", "a dog"], "zh": ["中心死长", "学我"]}}
+
+
+def _report_module():
+    spec = importlib.util.spec_from_file_location("toy_report", ROOT / "scripts" / "toy_report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_table_and_gap_closed(tmp_path):
+    (tmp_path / "eval").mkdir()
+    for model, hyps in HYPS.items():
+        rows = [{"language": lang, "reference": r, "hypothesis": h}
+                for lang in REFS for r, h in zip(REFS[lang], hyps[lang])]
+        (tmp_path / "eval" / f"{model}.hyps.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "wall_times.json").write_text(json.dumps({"teacher": 120, "opd": 60}))
+    data = _report_module().main(["--runs", str(tmp_path)])
+    primary = {m: (error_rates(REFS["en"], HYPS[m]["en"], "en", metric="wer")["rate"]
+                   + error_rates(REFS["zh"], HYPS[m]["zh"], "zh", metric="cer")["rate"]) / 2 for m in HYPS}
+    for m in HYPS:
+        assert data["summary"][m]["primary"] == pytest.approx(primary[m])
+    expected_gap = (primary["base"] - primary["opd"]) / (primary["base"] - primary["teacher"])
+    assert data["gap_closed"]["opd"]["primary"] == pytest.approx(expected_gap)
+    assert 0 < expected_gap < 1
+    text = (tmp_path / "report.md").read_text()
+    assert "| zh |" in text and "Base+OPD" in text and "| total | 3.0 min |" in text
