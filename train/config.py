@@ -367,6 +367,7 @@ class EvalConfig:
     batch_size: int = 16
     max_new_tokens: int = 256
     language_prompt: bool = False
+    listening_clips: int = 32  # dev clips for the own- vs swapped-audio loss gap (train/eval/listening.py); 0 = off
 
 
 @dataclass

@@ -94,7 +94,7 @@ def main(cfg: DistillConfig) -> dict:
     loader = make_loader(cfg.data.train, processor, cfg.data, seed=cfg.seed, num_replicas=accelerator.num_processes,
                          rank=accelerator.process_index)
     sampler = loader.batch_sampler
-    evaluator = make_evaluator(cfg, run_dir, accelerator)
+    evaluator = make_evaluator(cfg, run_dir, accelerator, processor)
     student, optimizer, scheduler = prepare_training(cfg, accelerator, student)
     all_done = decoding_sync(accelerator)
     allowed_V = processor.allowed_token_mask(accelerator.unwrap_model(student).config.text_config.vocab_size)

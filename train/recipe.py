@@ -17,6 +17,7 @@ from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_
 from train.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from train.config import ModelConfig, RunConfig, config_to_yaml, load_config
 from train.data.audio import AudioLimits, SkipCounter
+from train.eval.listening import ListeningProbe
 from train.eval.periodic import PeriodicEvaluator
 from train.eval.timed import StudentTranscriber
 from train.models import build_student, configure_training, load_student, save_student
@@ -108,10 +109,19 @@ def refuse_zero3_with_tied_embeddings(accelerator, student) -> None:
                          "configs/accelerate/zero2.yaml, or a student config with tie_word_embeddings: false")
 
 
-def make_evaluator(cfg: RunConfig, run_dir: Path, accelerator) -> PeriodicEvaluator:
-    """Dev evaluation on `data.dev`; a manifest that does not exist fails here, before any compute."""
-    return PeriodicEvaluator([s.path for s in cfg.data.dev], run_dir, max(cfg.eval.every, 1), accelerator,
-                             cfg.eval.batch_size, AudioLimits(cfg.data.min_seconds, cfg.data.max_seconds))
+def make_evaluator(cfg: RunConfig, run_dir: Path, accelerator, processor) -> PeriodicEvaluator:
+    """Dev evaluation on `data.dev`, with the own- vs swapped-audio loss gap on up to
+    `eval.listening_clips` dev clips spread over the manifests (0: none). A manifest that does not
+    exist fails here, before any compute."""
+    limits = AudioLimits(cfg.data.min_seconds, cfg.data.max_seconds)
+    evaluator = PeriodicEvaluator([s.path for s in cfg.data.dev], run_dir, max(cfg.eval.every, 1), accelerator,
+                                  cfg.eval.batch_size, limits)
+    labelled = [u for utts in evaluator.manifests.values() for u in utts if u.text]
+    if cfg.eval.listening_clips and len(labelled) >= 2:
+        spread = labelled[:: max(1, len(labelled) // cfg.eval.listening_clips)][: cfg.eval.listening_clips]
+        evaluator.listening = ListeningProbe(spread, processor, clips=len(spread), batch_size=cfg.eval.batch_size,
+                                             limits=limits)
+    return evaluator
 
 
 def build_optimizer(cfg: RunConfig, model):
@@ -214,7 +224,8 @@ def run_dev_eval(evaluator, step, student, processor, cfg, accelerator) -> dict 
     model.eval()
     report = evaluator.evaluate(step, StudentTranscriber(model, processor, max_new_tokens=cfg.eval.max_new_tokens,
                                                          language_prompt=cfg.eval.language_prompt,
-                                                         generate_options={"all_done": decoding_sync(accelerator)}))
+                                                         generate_options={"all_done": decoding_sync(accelerator)}),
+                                model=model)
     model.train(was_training)
     if report is not None and accelerator.log_with:  # eval/history.jsonl keeps them in the run folder
         accelerator.log(evaluator.metrics(report), step=step)

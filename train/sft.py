@@ -60,7 +60,7 @@ def main(cfg: SFTConfig) -> dict:
     loader = make_loader(cfg.data.train, processor, cfg.data, seed=cfg.seed, num_replicas=accelerator.num_processes,
                          rank=accelerator.process_index)
     sampler = loader.batch_sampler
-    evaluator = make_evaluator(cfg, run_dir, accelerator)
+    evaluator = make_evaluator(cfg, run_dir, accelerator, processor)
     student, optimizer, scheduler = prepare_training(cfg, accelerator, student)
 
     step, skipped = resume_run(cfg, accelerator, run_dir, sampler, evaluator)

@@ -27,6 +27,7 @@ class PeriodicEvaluator:
         self.best_step: int | None = None
         self.best_rate: float | None = None
         self.history: list[dict] = []
+        self.listening = None  # a ListeningProbe (train/eval/listening.py), or None
 
     @property
     def _rank_world(self) -> tuple[int, int]:
@@ -53,9 +54,12 @@ class PeriodicEvaluator:
 
         return gather_object(rows)
 
-    def evaluate(self, step: int, transcriber: Transcriber) -> dict | None:
-        """Evaluate this rank's shard of every dev manifest; on rank 0 return the report (others: None)."""
+    def evaluate(self, step: int, transcriber: Transcriber, model=None) -> dict | None:
+        """Evaluate this rank's shard of every dev manifest; on rank 0 return the report (others: None).
+        With `model` and a listening probe, the own- vs swapped-audio loss gap goes in the report too
+        (every rank runs the probe: ZeRO-3 forwards are collective)."""
         rank, world = self._rank_world
+        listening = self.listening(model) if self.listening is not None and model is not None else None
         rows = []
         for spec, utterances in self.manifests.items():
             shard: list[Utterance] = utterances[rank::world]
@@ -68,10 +72,12 @@ class PeriodicEvaluator:
         gathered = self._gather(rows)
         if rank != 0:
             return None
-        return self._record(step, gathered)
+        return self._record(step, gathered, listening)
 
-    def _record(self, step: int, rows: list[dict]) -> dict:
+    def _record(self, step: int, rows: list[dict], listening: dict | None = None) -> dict:
         report = {"step": step, "manifests": {}}
+        if listening is not None:
+            report["listening"] = listening
         for spec in self.manifests:
             parts = [r for r in rows if r["spec"] == spec]
             refs = [x for r in parts for x in r["refs"]]
@@ -104,11 +110,15 @@ class PeriodicEvaluator:
             for lang, row in m["languages"].items():
                 if "rate" in row:
                     per_language[lang] = {"rate": row["rate"], "fidelity": row.get("fidelity")}
-        return {"step": report["step"], "average_rate": report["average_rate"], "languages": per_language}
+        summary = {"step": report["step"], "average_rate": report["average_rate"], "languages": per_language}
+        if "listening" in report:
+            summary["listening"] = report["listening"]
+        return summary
 
     def metrics(self, report: dict) -> dict[str, float]:
         """Flat scalars for the step's log line: dev/<lang>/rate, dev/<lang>/fidelity, dev/average_rate."""
         out = {"dev/average_rate": report["average_rate"]}
+        out.update({f"dev/{k}": v for k, v in report.get("listening", {}).items()})
         for lang, row in self._summary(report)["languages"].items():
             out[f"dev/{lang}/rate"] = row["rate"]
             if row["fidelity"] is not None:

@@ -1,0 +1,63 @@
+"""Is the model listening? Its loss on dev transcripts with each clip's own audio vs another clip's.
+
+A decoder can lower its training loss by modelling the transcripts alone (ENVIRONMENT.md: tiny
+models on a memorisable sentence set ignored the audio for 20 CPU-minutes). Then its NLL is the
+same whatever audio it is given. `ListeningProbe` pairs a fixed set of dev transcripts with their
+own clips and with the next clip's (texts rolled by one), and reports both NLLs per transcript
+token and their difference: the gap is ~0 for a model that ignores the audio and grows as it
+learns to listen.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from train.data.audio import AudioLimits, AudioSkipped, load_audio
+from train.data.manifest import Utterance
+
+
+def transcript_nll(model, batch: dict) -> tuple[float, int]:
+    """(summed NLL, token count) of the batch's label tokens under teacher forcing."""
+    param = next(model.parameters())
+    logits = model(input_ids=batch["input_ids"].to(param.device), attention_mask=batch["attention_mask"].to(param.device),
+                   input_features=batch["input_features"].to(param.device, param.dtype),
+                   input_features_mask=batch["input_features_mask"].to(param.device)).logits[:, :-1].float()
+    targets = batch["labels"][:, 1:].to(param.device)
+    mask = targets >= 0
+    nll = torch.nn.functional.cross_entropy(logits[mask], targets[mask], reduction="sum")
+    return float(nll), int(mask.sum())
+
+
+class ListeningProbe:
+    """Own- vs swapped-audio NLL on the first `clips` labelled, readable utterances given."""
+
+    def __init__(self, utterances: list[Utterance], processor, clips: int = 32, batch_size: int = 16,
+                 limits: AudioLimits = AudioLimits()):
+        self.processor, self.batch_size = processor, batch_size
+        self.audio, self.texts = [], []
+        for utt in utterances:
+            if len(self.audio) == clips:
+                break
+            if not utt.text:
+                continue
+            try:
+                self.audio.append(load_audio(utt, limits))
+            except AudioSkipped:
+                continue
+            self.texts.append(utt.text)
+        if len(self.audio) < 2:
+            raise ValueError(f"the listening probe needs at least 2 labelled, readable clips, found {len(self.audio)}")
+
+    def _mean_nll(self, model, texts: list[str]) -> float:
+        total, count = 0.0, 0
+        for i in range(0, len(self.audio), self.batch_size):
+            batch = self.processor(self.audio[i:i + self.batch_size], texts=texts[i:i + self.batch_size])
+            nll, n = transcript_nll(model, batch)
+            total, count = total + nll, count + n
+        return total / count
+
+    @torch.no_grad()
+    def __call__(self, model) -> dict[str, float]:
+        own = self._mean_nll(model, self.texts)
+        swapped = self._mean_nll(model, self.texts[1:] + self.texts[:1])
+        return {"own_audio_nll": own, "swapped_audio_nll": swapped, "listening_gap": swapped - own}
