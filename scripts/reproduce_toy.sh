@@ -12,21 +12,8 @@ RUNS=runs/toy  # the configs in configs/toy/ name these paths
 DATA=data/toy_tts
 mkdir -p "$RUNS/eval"
 
-stage() {  # stage NAME OUTPUT CMD...: run CMD unless OUTPUT exists; add its wall time to wall_times.json
-  local name=$1 output=$2 start
-  shift 2
-  if [ -e "$output" ]; then echo "== $name: done ($output)"; return; fi
-  echo "== $name: $*"
-  start=$(date +%s)
-  "$@"
-  "$PY" - "$RUNS/wall_times.json" "$name" "$(( $(date +%s) - start ))" <<'PYEOF'
-import json, pathlib, sys
-path, name, seconds = pathlib.Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-times = json.loads(path.read_text()) if path.exists() else {}
-times[name] = times.get(name, 0) + seconds
-path.write_text(json.dumps(times, indent=2) + "\n")
-PYEOF
-}
+# shellcheck source=scripts/stage.sh
+source scripts/stage.sh
 
 # Data: the 19-language toy corpus (cached), its training audio split into a labelled quarter
 # (base student) and an unlabelled pool (TD and OPD), and the character vocabulary.
@@ -55,3 +42,20 @@ for model in teacher base td opd td_opd; do
     --device cpu
 done
 "$PY" scripts/toy_report.py --runs "$RUNS"
+
+# The teacher and base student that `make demo` starts from, with what made them beside them.
+for model in teacher base; do
+  rm -rf "checkpoints/toy/$model" && mkdir -p "checkpoints/toy/$model"
+  cp -r "$RUNS/$model/final/." "checkpoints/toy/$model/"
+  rm -f "checkpoints/toy/$model/rank_digests.json"
+  "$PY" - "$model" "$RUNS" <<'PYEOF'
+import json, pathlib, platform, subprocess, sys
+model, runs = sys.argv[1], pathlib.Path(sys.argv[2])
+times = json.loads((runs / "wall_times.json").read_text())
+made_by = {"command": "bash scripts/reproduce_toy.sh", "config": f"configs/toy/{model}.yaml",
+           "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
+           "wall_seconds": times.get(model), "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPU cores",
+           "eval": f"runs/toy/eval/{model}.json"}
+(pathlib.Path("checkpoints/toy") / model / "MADE_BY.json").write_text(json.dumps(made_by, indent=2) + "\n")
+PYEOF
+done

@@ -71,7 +71,9 @@ def build_report(runs: Path) -> tuple[str, dict]:
     summary = {m: {"primary": mean(s[lang]["primary"] for lang in s), "cer": mean(s[lang]["cer"] for lang in s),
                    "wer": mean(s[lang]["wer"] for lang in s), "fidelity": mean(s[lang]["fidelity"] for lang in s)}
                for m, s in scores.items()}
-    lines = ["Error rates in % on the toy test split (CER for zh/ja/ko; WER / CER elsewhere). Lower is better.", "",
+    first = next(iter((runs / "eval").glob("*.hyps.jsonl"))).read_text(encoding="utf-8").splitlines()[0]
+    manifest = json.loads(first).get("manifest", "the evaluation manifest")
+    lines = [f"Error rates in % on `{manifest}` (CER for zh/ja/ko; WER / CER elsewhere). Lower is better.", "",
              "| language | " + " | ".join(MODELS[m] for m in names) + " |",
              "|---|" + "---:|" * len(names)]
     for lang in languages:

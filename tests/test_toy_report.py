@@ -27,7 +27,7 @@ def _report_module():
 def test_table_and_gap_closed(tmp_path):
     (tmp_path / "eval").mkdir()
     for model, hyps in HYPS.items():
-        rows = [{"language": lang, "reference": r, "hypothesis": h}
+        rows = [{"manifest": "test.jsonl", "language": lang, "reference": r, "hypothesis": h}
                 for lang in REFS for r, h in zip(REFS[lang], hyps[lang])]
         (tmp_path / "eval" / f"{model}.hyps.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tmp_path / "wall_times.json").write_text(json.dumps({"teacher": 120, "opd": 60}))
@@ -40,4 +40,4 @@ def test_table_and_gap_closed(tmp_path):
     assert data["gap_closed"]["opd"]["primary"] == pytest.approx(expected_gap)
     assert 0 < expected_gap < 1
     text = (tmp_path / "report.md").read_text()
-    assert "| zh |" in text and "Base+OPD" in text and "| total | 3.0 min |" in text
+    assert "| zh |" in text and "Base+OPD" in text and "| total | 3.0 min |" in text and "`test.jsonl`" in text
