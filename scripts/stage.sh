@@ -1,17 +1,14 @@
-# Sourced by scripts/reproduce_toy.sh and scripts/demo.sh (needs PY and RUNS set).
-# stage NAME OUTPUT CMD...: run CMD unless OUTPUT exists; add its wall time to $RUNS/wall_times.json.
+# Sourced by scripts/reproduce_toy.sh and scripts/demo.sh (needs RUNS set).
+# stage NAME OUTPUT CMD...: run CMD unless OUTPUT exists; its wall time (added to any earlier part
+# of the same stage) goes to $RUNS/wall_times/NAME, one file a stage so stages may run side by side.
 stage() {
-  local name=$1 output=$2 start
+  local name=$1 output=$2 start before=0
   shift 2
   if [ -e "$output" ]; then echo "== $name: done ($output)"; return; fi
   echo "== $name: $*"
+  mkdir -p "$RUNS/wall_times"
+  [ -f "$RUNS/wall_times/$name" ] && before=$(cat "$RUNS/wall_times/$name")
   start=$(date +%s)
   "$@"
-  "$PY" - "$RUNS/wall_times.json" "$name" "$(( $(date +%s) - start ))" <<'PYEOF'
-import json, pathlib, sys
-path, name, seconds = pathlib.Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-times = json.loads(path.read_text()) if path.exists() else {}
-times[name] = times.get(name, 0) + seconds
-path.write_text(json.dumps(times, indent=2) + "\n")
-PYEOF
+  echo $(( before + $(date +%s) - start )) > "$RUNS/wall_times/$name"
 }

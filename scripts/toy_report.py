@@ -3,7 +3,7 @@
     python scripts/toy_report.py --runs runs/toy
 
 Reads RUNS/eval/<model>.hyps.jsonl (train/evaluate.py --hyps) for teacher, base, td, opd, td_opd
-(whichever exist), RUNS/<stage>/eval/history.jsonl for the dev curves and RUNS/wall_times.json.
+(whichever exist), RUNS/<stage>/eval/history.jsonl for the dev curves and RUNS/wall_times/.
 Writes RUNS/report.md (error rates per language and on average: CER for zh/ja/ko, WER and CER
 elsewhere; the share of the Base->Teacher gap each method closes; language fidelity; wall time
 per stage) and RUNS/dev_curves.png (dev error rate over student updates for TD and OPD).
@@ -96,15 +96,25 @@ def build_report(runs: Path) -> tuple[str, dict]:
             gaps[m] = {k: gap_closed(summary["base"][k], summary[m][k], summary["teacher"][k])
                        for k in ("primary", "cer")}
             lines.append(f"| {MODELS[m]} | {_pct(gaps[m]['primary'])} % | {_pct(gaps[m]['cer'])} % |")
-    times_path = runs / "wall_times.json"
-    if times_path.exists():
-        times = json.loads(times_path.read_text())
-        lines += ["", "| stage | wall time |", "|---|---:|"]
+    times = wall_times(runs)
+    if times:
+        total = times.pop("this_invocation", None)
+        lines += ["", "Wall time per stage:", "", "| stage | wall time |", "|---|---:|"]
         lines += [f"| {stage} | {seconds / 60:.1f} min |" for stage, seconds in times.items()]
-        lines.append(f"| total | {sum(times.values()) / 60:.1f} min |")
+        if total is not None:
+            lines.append(f"| whole script, start to end | {total / 60:.1f} min |")
     if plot_dev_curves(runs, runs / "dev_curves.png"):
         lines += ["", "![dev error rate over student updates](dev_curves.png)"]
     return "\n".join(lines) + "\n", {"summary": summary, "gap_closed": gaps, "languages": scores}
+
+
+def wall_times(runs: Path) -> dict[str, int]:
+    """{stage: seconds} from RUNS/wall_times/ (scripts/stage.sh writes one file a stage), oldest first."""
+    folder = runs / "wall_times"
+    if not folder.is_dir():
+        return {}
+    files = sorted(folder.iterdir(), key=lambda p: p.stat().st_mtime)
+    return {p.name: int(p.read_text()) for p in files}
 
 
 def plot_dev_curves(runs: Path, path: Path) -> bool:

@@ -30,7 +30,9 @@ def test_table_and_gap_closed(tmp_path):
         rows = [{"manifest": "test.jsonl", "language": lang, "reference": r, "hypothesis": h}
                 for lang in REFS for r, h in zip(REFS[lang], hyps[lang])]
         (tmp_path / "eval" / f"{model}.hyps.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (tmp_path / "wall_times.json").write_text(json.dumps({"teacher": 120, "opd": 60}))
+    (tmp_path / "wall_times").mkdir()
+    for stage, seconds in {"teacher": 120, "opd": 60, "this_invocation": 150}.items():
+        (tmp_path / "wall_times" / stage).write_text(str(seconds))
     data = _report_module().main(["--runs", str(tmp_path)])
     primary = {m: (error_rates(REFS["en"], HYPS[m]["en"], "en", metric="wer")["rate"]
                    + error_rates(REFS["zh"], HYPS[m]["zh"], "zh", metric="cer")["rate"]) / 2 for m in HYPS}
@@ -40,4 +42,5 @@ def test_table_and_gap_closed(tmp_path):
     assert data["gap_closed"]["opd"]["primary"] == pytest.approx(expected_gap)
     assert 0 < expected_gap < 1
     text = (tmp_path / "report.md").read_text()
-    assert "| zh |" in text and "Base+OPD" in text and "| total | 3.0 min |" in text and "`test.jsonl`" in text
+    assert "| zh |" in text and "Base+OPD" in text and "| whole script, start to end | 2.5 min |" in text
+    assert "| teacher | 2.0 min |" in text and "`test.jsonl`" in text

@@ -120,7 +120,7 @@ def make_evaluator(cfg: RunConfig, run_dir: Path, accelerator, processor) -> Per
     if cfg.eval.listening_clips and len(labelled) >= 2:
         spread = labelled[:: max(1, len(labelled) // cfg.eval.listening_clips)][: cfg.eval.listening_clips]
         evaluator.listening = ListeningProbe(spread, processor, clips=len(spread), batch_size=cfg.eval.batch_size,
-                                             limits=limits)
+                                             limits=limits, language_prompt=cfg.data.language_prompt)
     return evaluator
 
 

@@ -29,12 +29,13 @@ def transcript_nll(model, batch: dict) -> tuple[float, int]:
 
 
 class ListeningProbe:
-    """Own- vs swapped-audio NLL on the first `clips` labelled, readable utterances given."""
+    """Own- vs swapped-audio NLL on the first `clips` labelled, readable utterances given, prompted
+    as in training (`language_prompt`: with each clip's language)."""
 
     def __init__(self, utterances: list[Utterance], processor, clips: int = 32, batch_size: int = 16,
-                 limits: AudioLimits = AudioLimits()):
+                 limits: AudioLimits = AudioLimits(), language_prompt: bool = False):
         self.processor, self.batch_size = processor, batch_size
-        self.audio, self.texts = [], []
+        self.audio, self.texts, self.languages = [], [], []
         for utt in utterances:
             if len(self.audio) == clips:
                 break
@@ -45,13 +46,16 @@ class ListeningProbe:
             except AudioSkipped:
                 continue
             self.texts.append(utt.text)
+            self.languages.append(utt.language if language_prompt else None)
         if len(self.audio) < 2:
             raise ValueError(f"the listening probe needs at least 2 labelled, readable clips, found {len(self.audio)}")
 
     def _mean_nll(self, model, texts: list[str]) -> float:
+        """Each clip keeps its own prompt (and language tag); only the transcript it is scored on moves."""
         total, count = 0.0, 0
         for i in range(0, len(self.audio), self.batch_size):
-            batch = self.processor(self.audio[i:i + self.batch_size], texts=texts[i:i + self.batch_size])
+            window = slice(i, i + self.batch_size)
+            batch = self.processor(self.audio[window], texts=texts[window], languages=self.languages[window])
             nll, n = transcript_nll(model, batch)
             total, count = total + nll, count + n
         return total / count
