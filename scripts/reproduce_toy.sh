@@ -51,6 +51,13 @@ evaluate() {
 evaluate teacher & evaluate base & wait_all
 evaluate td & evaluate opd & wait_all
 evaluate td_opd
+# How the teacher sees each student's own transcripts (what OPD learns from): scripts/opd_diagnostics.py.
+mkdir -p "$RUNS/diagnostics"
+for model in base td opd td_opd; do
+  stage "diagnose_$model" "$RUNS/diagnostics/$model.json" "$PY" scripts/opd_diagnostics.py \
+    --student "$RUNS/$model/final" --teacher "$RUNS/teacher/final" --manifest "$DATA/dev.jsonl" --language-prompt \
+    --clips 200 --out "$RUNS/diagnostics/$model.json"
+done
 echo $(( $(date +%s) - started )) > "$RUNS/wall_times/this_invocation"
 "$PY" scripts/toy_report.py --runs "$RUNS"
 

@@ -96,6 +96,20 @@ def build_report(runs: Path) -> tuple[str, dict]:
             gaps[m] = {k: gap_closed(summary["base"][k], summary[m][k], summary["teacher"][k])
                        for k in ("primary", "cer")}
             lines.append(f"| {MODELS[m]} | {_pct(gaps[m]['primary'])} % | {_pct(gaps[m]['cer'])} % |")
+    diagnostics = {m: json.loads((runs / "diagnostics" / f"{m}.json").read_text()) for m in MODELS
+                   if (runs / "diagnostics" / f"{m}.json").exists()}
+    if diagnostics:
+        lines += ["", "The teacher's view of each student's own greedy transcripts of dev clips "
+                  "(scripts/opd_diagnostics.py), which is what OPD learns from:", "",
+                  "| student | teacher log-prob of the student's tokens | teacher's argmax = student's token | "
+                  "teacher's argmax is to end where the student ends | characters per clip: student / teacher / "
+                  "reference |", "|---|---:|---:|---:|---|"]
+        for m, d in diagnostics.items():
+            chars = d["chars_per_clip"]
+            lines.append(f"| {MODELS[m]} | {d['teacher_logp_of_student_tokens']:.2f} | "
+                         f"{_pct(d['teacher_argmax_is_student_token'])} % | "
+                         f"{_pct(d['teacher_argmax_is_end_where_student_ends'])} % | "
+                         f"{chars['student']:.1f} / {chars['teacher']:.1f} / {chars['reference']:.1f} |")
     times = wall_times(runs)
     if times:
         total = times.pop("this_invocation", None)

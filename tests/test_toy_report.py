@@ -33,6 +33,11 @@ def test_table_and_gap_closed(tmp_path):
     (tmp_path / "wall_times").mkdir()
     for stage, seconds in {"teacher": 120, "opd": 60, "this_invocation": 150}.items():
         (tmp_path / "wall_times" / stage).write_text(str(seconds))
+    (tmp_path / "diagnostics").mkdir()
+    (tmp_path / "diagnostics" / "base.json").write_text(json.dumps({
+        "teacher_logp_of_student_tokens": -3.9, "teacher_argmax_is_student_token": 0.43,
+        "teacher_argmax_is_end_where_student_ends": 0.44, "chars_per_clip": {"student": 14.6, "teacher": 14.4,
+                                                                              "reference": 14.5}}))
     data = _report_module().main(["--runs", str(tmp_path)])
     primary = {m: (error_rates(REFS["en"], HYPS[m]["en"], "en", metric="wer")["rate"]
                    + error_rates(REFS["zh"], HYPS[m]["zh"], "zh", metric="cer")["rate"]) / 2 for m in HYPS}
@@ -43,4 +48,5 @@ def test_table_and_gap_closed(tmp_path):
     assert 0 < expected_gap < 1
     text = (tmp_path / "report.md").read_text()
     assert "| zh |" in text and "Base+OPD" in text and "| whole script, start to end | 2.5 min |" in text
-    assert "| teacher | 2.0 min |" in text and "`test.jsonl`" in text
+    assert "| teacher | 2.0 min |" in text
+    assert "| Base | -3.90 | 43.0 % | 44.0 % | 14.6 / 14.4 / 14.5 |" in text and "`test.jsonl`" in text

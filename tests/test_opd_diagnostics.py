@@ -1,0 +1,31 @@
+"""scripts/opd_diagnostics.py: a teacher that is the student itself agrees with every greedy token."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import sharpen, tiny_config
+from tests.test_distill import _manifest
+from train.models import build_student, save_student
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_student_as_its_own_teacher_agrees_everywhere(tmp_path, tokenizer):
+    torch.manual_seed(0)
+    model, processor = build_student(tiny_config())
+    save_student(sharpen(model), processor, tmp_path / "student")
+    manifest = _manifest(tmp_path / "data", 6)
+    spec = importlib.util.spec_from_file_location("diag", ROOT / "scripts" / "opd_diagnostics.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = module.main(["--student", str(tmp_path / "student"), "--teacher", str(tmp_path / "student"),
+                       "--manifest", str(manifest), "--clips", "6", "--out", str(tmp_path / "d.json")])
+    assert out["clips"] == 6
+    assert out["teacher_argmax_is_student_token"] > 0.99  # float noise at a near-tie of a random model, at most
+    assert out["chars_per_clip"]["student"] == pytest.approx(out["chars_per_clip"]["teacher"])
+    assert out["teacher_logp_of_student_tokens"] < 0
