@@ -1,6 +1,8 @@
-# make setup   - .venv with the CPU build of torch and everything else; espeak-ng for the toy corpus
-# make run     - the main job (today: build, save, reload and run a tiny student; see README)
-# make test    - the test suite
+# make setup          - .venv with the CPU build of torch and everything else; espeak-ng for the toy corpus
+# make demo           - the main job: OPD of the toy student from the toy teacher on the CPU, before/after table
+# make test           - the test suite
+# make reproduce-toy  - the paper's table at toy scale: teacher, base, TD, OPD, TD+OPD (runs/toy/report.md)
+# make quickstart     - build, save, reload and run a tiny student in seconds
 # GPU users: make setup TORCH=   (keeps whatever CUDA torch is already in .venv; see README)
 
 PYTHON ?= python3
@@ -10,7 +12,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 EXTRAS := dev,toy,plots
 
-.PHONY: setup system-deps run test clean
+.PHONY: setup system-deps demo run quickstart reproduce-toy test clean
 
 setup: $(VENV)/.installed system-deps
 
@@ -30,8 +32,16 @@ system-deps:
 	    echo "espeak-ng is missing: install it (apt install espeak-ng / brew install espeak-ng) for the toy corpus"; \
 	  fi; }
 
-run: setup
+demo: setup
+	PYTHON=$(PY) bash scripts/demo.sh
+
+run: demo
+
+quickstart: setup
 	$(PY) scripts/quickstart.py --out runs/quickstart
+
+reproduce-toy: setup
+	PYTHON=$(PY) bash scripts/reproduce_toy.sh
 
 test: setup
 	$(PY) -m pytest -q

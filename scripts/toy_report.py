@@ -25,7 +25,7 @@ from train.eval.language_id import language_fidelity  # noqa: E402
 from train.eval.normalizers import CHARACTER_LANGUAGES  # noqa: E402
 
 MODELS = {"teacher": "Teacher", "base": "Base", "td": "Base+TD", "opd": "Base+OPD", "td_opd": "Base+TD+OPD"}
-CURVES = {"td": "Base+TD", "opd": "Base+OPD", "td_opd": "Base+TD+OPD"}
+CURVES = {"td": "Base+TD", "opd": "Base+OPD", "td_opd": "Base+TD+OPD (updates after TD's)"}
 
 
 def _rows(path: Path) -> dict[str, list[dict]]:

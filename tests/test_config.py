@@ -56,7 +56,7 @@ def test_error_names_the_file(tmp_path):
 
 def test_bare_no_means_no_mixed_precision(tmp_path):
     """YAML 1.1 reads `no` as false, on the command line and in a file alike."""
-    cfg = load_config(DistillConfig, "configs/distill/toy.yaml", ["mixed_precision=no"])
+    cfg = load_config(DistillConfig, "configs/distill/tiny_random_teacher.yaml", ["mixed_precision=no"])
     assert cfg.mixed_precision == "no"
     path = tmp_path / "c.yaml"
     path.write_text("mixed_precision: no\ndata:\n  train:\n    - path: x.jsonl\n")

@@ -38,7 +38,7 @@ def _overrides(tmp_path: Path, train: Path, dev: Path, **extra) -> list[str]:
             "eval.max_new_tokens": 6, "log.wandb_mode": "disabled", "checkpoint.every": 2, "teacher.init_std": 3.0,
             "optim.lr": 1e-3, "optim.warmup_steps": 0, "optim.schedule": "constant"}
     base.update(extra)
-    return [f"{k}={v}" for k, v in base.items()]
+    return ["--config", str(ROOT / "configs/distill/tiny_random_teacher.yaml")] + [f"{k}={v}" for k, v in base.items()]
 
 
 @pytest.fixture()

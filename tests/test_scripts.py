@@ -37,3 +37,28 @@ def test_same_seed_same_weights(tmp_path, tokenizer):
     b, _ = load_student(make(["--out", str(tmp_path / "b"), "--seed", "3"]))
     for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
         assert ka == kb and torch.equal(va, vb)
+
+
+def test_shipped_toy_checkpoints_are_what_the_demo_starts_from(tokenizer):
+    """checkpoints/toy/ holds the teacher and base student made by scripts/reproduce_toy.sh, with how."""
+    import json
+
+    from train.config import DistillConfig, load_config
+
+    cfg = load_config(DistillConfig, ROOT / "configs/distill/toy.yaml")
+    assert (cfg.student.checkpoint, cfg.teacher.checkpoint) == ("checkpoints/toy/base", "checkpoints/toy/teacher")
+    loaded = {}
+    for name in ("teacher", "base"):
+        folder = ROOT / "checkpoints/toy" / name
+        made_by = json.loads((folder / "MADE_BY.json").read_text())
+        assert made_by["command"] == "bash scripts/reproduce_toy.sh" and len(made_by["commit"]) == 40
+        assert made_by["wall_seconds"] > 0
+        loaded[name] = load_student(folder)
+    (teacher, t_proc), (base, b_proc) = loaded["teacher"], loaded["base"]
+    assert t_proc.tokenizer.get_vocab() == b_proc.tokenizer.get_vocab()  # same characters: no token mapping
+    def size(model):
+        return sum(p.numel() for p in model.parameters())
+
+    assert size(teacher) > 2 * size(base)
+    text = transcribe(base, b_proc, make_clips([16000]), languages=["de"], max_new_tokens=8)
+    assert isinstance(text[0], str)
