@@ -24,8 +24,7 @@ for model in teacher base; do
   stage "copy_$model" "$RUNS/$model/final/model.safetensors" \
     bash -c "mkdir -p $RUNS/$model && cp -r checkpoints/toy/$model $RUNS/$model/final"
 done
-stage corpus "$DATA/train_pool.jsonl" bash -c "'$PY' data_recipes/toy_tts/prepare.py --out $DATA --seed 0 \
-  && '$PY' data_recipes/toy_tts/split.py --corpus $DATA --labelled-share 0.25"
+toy_corpus
 # configs/distill/toy.yaml (the default config) starts from checkpoints/toy/ and writes runs/demo/opd.
 stage opd "$RUNS/opd/final/model.safetensors" "$PY" -m accelerate.commands.launch --num_processes 1 \
   --num_machines 1 --mixed_precision no --dynamo_backend no train/distill.py

@@ -40,7 +40,7 @@ def diagnose(student, processor, teacher: SameFamilyTeacher, manifest: str, clip
                       num_workers=0, language_prompt=language_prompt, keep_audio=True)
     loader = make_loader(data.train, processor, data, shuffle=False)
     eos = set(processor.eos_token_ids)
-    sums = {"tokens": 0, "token_logp": 0.0, "token_argmax": 0, "ends": 0, "end_logp": 0.0, "end_argmax": 0,
+    sums = {"token_count": 0, "token_logp": 0.0, "token_argmax": 0, "end_count": 0, "end_logp": 0.0, "end_argmax": 0,
             "student_chars": 0, "teacher_chars": 0, "reference_chars": 0, "clips": 0}
     for batch in loader:
         if not batch["size"]:
@@ -54,7 +54,7 @@ def diagnose(student, processor, teacher: SameFamilyTeacher, manifest: str, clip
         body = out.mask_B_T & ~is_end
         argmax = scores.topk_ids_B_T_K[..., 0] == out.tokens_B_T
         for kind, where in (("token", body), ("end", is_end)):
-            sums["tokens" if kind == "token" else "ends"] += int(where.sum())
+            sums[f"{kind}_count"] += int(where.sum())
             sums[f"{kind}_logp"] += float(scores.sampled_logp_B_T[where].sum())
             sums[f"{kind}_argmax"] += int((argmax & where).sum())
         student_text = [processor.decode(row[m].tolist()) for row, m in zip(out.tokens_B_T, out.mask_B_T)]
@@ -69,10 +69,10 @@ def diagnose(student, processor, teacher: SameFamilyTeacher, manifest: str, clip
             break
     return {
         "clips": sums["clips"],
-        "teacher_logp_of_student_tokens": sums["token_logp"] / max(sums["tokens"], 1),
-        "teacher_argmax_is_student_token": sums["token_argmax"] / max(sums["tokens"], 1),
-        "teacher_p_end_where_student_ends": float(torch.tensor(sums["end_logp"] / max(sums["ends"], 1)).exp()),
-        "teacher_argmax_is_end_where_student_ends": sums["end_argmax"] / max(sums["ends"], 1),
+        "teacher_logp_of_student_tokens": sums["token_logp"] / max(sums["token_count"], 1),
+        "teacher_argmax_is_student_token": sums["token_argmax"] / max(sums["token_count"], 1),
+        "teacher_p_end_where_student_ends": float(torch.tensor(sums["end_logp"] / max(sums["end_count"], 1)).exp()),
+        "teacher_argmax_is_end_where_student_ends": sums["end_argmax"] / max(sums["end_count"], 1),
         "chars_per_clip": {"student": sums["student_chars"] / sums["clips"],
                            "teacher": sums["teacher_chars"] / sums["clips"],
                            "reference": sums["reference_chars"] / sums["clips"]},

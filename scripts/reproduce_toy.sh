@@ -22,8 +22,7 @@ wait_all() { local ok=0; for job in $(jobs -p); do wait "$job" || ok=1; done; re
 
 # Data: the 19-language toy corpus (cached), its training audio split into a labelled quarter
 # (base student) and an unlabelled pool (TD and OPD), and the character vocabulary.
-stage corpus "$DATA/train_pool.jsonl" bash -c "'$PY' data_recipes/toy_tts/prepare.py --out $DATA --seed 0 \
-  && '$PY' data_recipes/toy_tts/split.py --corpus $DATA --labelled-share 0.25"
+toy_corpus
 stage tokenizer "$RUNS/tokenizer/tokenizer.json" \
   "$PY" -m train.models.char_tokenizer --manifest "$DATA/train.jsonl" --out "$RUNS/tokenizer"
 

@@ -1,4 +1,4 @@
-# Sourced by scripts/reproduce_toy.sh and scripts/demo.sh (needs RUNS set).
+# Sourced by scripts/reproduce_toy.sh and scripts/demo.sh (needs RUNS, and PY and DATA for toy_corpus).
 # stage NAME OUTPUT CMD...: run CMD unless OUTPUT exists; its wall time (added to any earlier part
 # of the same stage) goes to $RUNS/wall_times/NAME, one file a stage so stages may run side by side.
 stage() {
@@ -11,4 +11,11 @@ stage() {
   start=$(date +%s)
   "$@"
   echo $(( before + $(date +%s) - start )) > "$RUNS/wall_times/$name"
+}
+
+# toy_corpus: the 19-language toy corpus in $DATA (cached by its recipe) and the split of its
+# training audio into a labelled quarter and an unlabelled pool, as one timed stage.
+toy_corpus() {
+  stage corpus "$DATA/train_pool.jsonl" bash -c "'$PY' data_recipes/toy_tts/prepare.py --out $DATA --seed 0 \
+    && '$PY' data_recipes/toy_tts/split.py --corpus $DATA --labelled-share 0.25"
 }

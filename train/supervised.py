@@ -16,6 +16,16 @@ def _targets(batch: dict, device) -> torch.Tensor:
     return batch["labels"][:, 1:].to(device)
 
 
+def teacher_forced(model, batch: dict):
+    """The model's forward on a collated batch with transcripts (moved to the model's device and
+    dtype), and the targets that line up with `out.logits[:, :-1]` (-100 where nothing is predicted)."""
+    param = next(model.parameters())
+    out = model(input_ids=batch["input_ids"].to(param.device), attention_mask=batch["attention_mask"].to(param.device),
+                input_features=batch["input_features"].to(param.device, param.dtype),
+                input_features_mask=batch["input_features_mask"].to(param.device))
+    return out, _targets(batch, param.device)
+
+
 def sft_update(accelerator, model, optimizer, scheduler, batches: list[dict], grad_clip: float,
                ctc_weight: float = 0.0, eos_token_ids: list[int] | None = None) -> dict:
     """Teacher-forced NLL (+ ctc_weight x CTC NLL) over every micro-batch of the step, one AdamW step.
@@ -34,12 +44,7 @@ def sft_update(accelerator, model, optimizer, scheduler, batches: list[dict], gr
         def compute() -> torch.Tensor:
             if batch is None:
                 return zero_loss(model)
-            param = next(model.parameters())
-            inputs = dict(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                          input_features=batch["input_features"].to(device, param.dtype),
-                          input_features_mask=batch["input_features_mask"].to(device))
-            out = model(**inputs)
-            targets = _targets(batch, device)
+            out, targets = teacher_forced(model, batch)
             loss = token_mean(token_nll(out.logits[:, :-1], targets), targets >= 0, n_tokens, scale)
             parts["nll"] += float(loss.detach()) / scale
             if ctc_weight > 0:

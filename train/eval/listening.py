@@ -14,18 +14,14 @@ import torch
 
 from train.data.audio import AudioLimits, AudioSkipped, load_audio
 from train.data.manifest import Utterance
+from train.opd.losses import token_nll
+from train.supervised import teacher_forced
 
 
 def transcript_nll(model, batch: dict) -> tuple[float, int]:
     """(summed NLL, token count) of the batch's label tokens under teacher forcing."""
-    param = next(model.parameters())
-    logits = model(input_ids=batch["input_ids"].to(param.device), attention_mask=batch["attention_mask"].to(param.device),
-                   input_features=batch["input_features"].to(param.device, param.dtype),
-                   input_features_mask=batch["input_features_mask"].to(param.device)).logits[:, :-1].float()
-    targets = batch["labels"][:, 1:].to(param.device)
-    mask = targets >= 0
-    nll = torch.nn.functional.cross_entropy(logits[mask], targets[mask], reduction="sum")
-    return float(nll), int(mask.sum())
+    out, targets = teacher_forced(model, batch)
+    return float(token_nll(out.logits[:, :-1], targets).sum()), int((targets >= 0).sum())
 
 
 class ListeningProbe:

@@ -24,6 +24,7 @@ from train.opd.losses import (
 from train.opd.reduction import global_token_count, token_mean
 from train.opd.rollout import Rollout, rescore, rollout
 from train.optimize import accumulate_and_step, averaged_over, zero_loss
+from train.supervised import teacher_forced
 from train.teachers.base import TokenScores
 
 
@@ -129,12 +130,6 @@ def update(accelerator, student, optimizer, scheduler, micro: list[MicroBatch], 
 
 def _reference_ce(student, batch: dict, averaged_over: int) -> torch.Tensor:
     """Cross-entropy on the reference transcript, normalised by this micro-batch's target tokens."""
-    param = next(student.parameters())
-    ids = batch["input_ids"].to(param.device)
-    out = student(input_ids=ids, attention_mask=batch["attention_mask"].to(param.device),
-                  input_features=batch["input_features"].to(param.device, param.dtype),
-                  input_features_mask=batch["input_features_mask"].to(param.device))
-    labels = batch["labels"].to(param.device)
-    targets = labels[:, 1:]
+    out, targets = teacher_forced(student, batch)
     nll = token_nll(out.logits[:, :-1], targets)
     return token_mean(nll, targets >= 0, (targets >= 0).sum().clamp(min=1), averaged_over) / averaged_over
