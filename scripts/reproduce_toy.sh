@@ -20,13 +20,13 @@ started=$(date +%s)
 source scripts/stage.sh
 wait_all() { local ok=0; for job in $(jobs -p); do wait "$job" || ok=1; done; return $ok; }  # fails if one did
 
-# Data: the 19-language toy corpus (cached), its training audio split into a labelled quarter
+# Data: the 19-language toy corpus (cached), its training audio split into a labelled half
 # (base student) and an unlabelled pool (TD and OPD), and the character vocabulary.
 toy_corpus
 stage tokenizer "$RUNS/tokenizer/tokenizer.json" \
   "$PY" -m train.models.char_tokenizer --manifest "$DATA/train.jsonl" --out "$RUNS/tokenizer"
 
-# The teacher (all labelled audio, larger) and the base student (the labelled quarter, smaller).
+# The teacher (all labelled audio, larger) and the base student (the labelled half, smaller).
 stage teacher "$RUNS/teacher/final/model.safetensors" "$PY" train/sft.py --config configs/toy/teacher.yaml &
 stage base "$RUNS/base/final/model.safetensors" "$PY" train/sft.py --config configs/toy/base.yaml &
 wait_all
@@ -35,12 +35,15 @@ wait_all
 stage pseudo_label "$RUNS/pseudo_teacher.jsonl" "$PY" train/transcribe.py --model "$RUNS/teacher/final" \
   --manifest "$DATA/train_pool.jsonl" --out "$RUNS/pseudo_teacher.jsonl" --drop-empty --drop-repetitive \
   --language-prompt --batch-size 64 --max-new-tokens 160 --device cpu
-stage td "$RUNS/td/final/model.safetensors" "$PY" train/sft.py --config configs/toy/td.yaml &
-# OPD: the base student (and the TD student) distilled from the teacher on the same pool, no labels.
+# OPD: the base student (and, once TD is done, the TD student) distilled from the teacher on the
+# same pool, no labels. TD then TD+OPD on one thread, OPD on the other.
+(
+  stage td "$RUNS/td/final/model.safetensors" "$PY" train/sft.py --config configs/toy/td.yaml
+  stage td_opd "$RUNS/td_opd/final/model.safetensors" "$PY" train/distill.py --config configs/toy/opd.yaml \
+    output_dir="$RUNS/td_opd" student.checkpoint="$RUNS/td/final"
+) &
 stage opd "$RUNS/opd/final/model.safetensors" "$PY" train/distill.py --config configs/toy/opd.yaml &
 wait_all
-stage td_opd "$RUNS/td_opd/final/model.safetensors" "$PY" train/distill.py --config configs/toy/opd.yaml \
-  output_dir="$RUNS/td_opd" student.checkpoint="$RUNS/td/final"
 
 evaluate() {
   stage "eval_$1" "$RUNS/eval/$1.hyps.jsonl" "$PY" train/evaluate.py --model "$RUNS/$1/final" \

@@ -14,8 +14,8 @@ stage() {
 }
 
 # toy_corpus: the 19-language toy corpus in $DATA (cached by its recipe) and the split of its
-# training audio into a labelled quarter and an unlabelled pool, as one timed stage.
+# training audio into a labelled half and an unlabelled pool, as one timed stage.
 toy_corpus() {
   stage corpus "$DATA/train_pool.jsonl" bash -c "'$PY' data_recipes/toy_tts/prepare.py --out $DATA --seed 0 \
-    && '$PY' data_recipes/toy_tts/split.py --corpus $DATA --labelled-share 0.25"
+    && '$PY' data_recipes/toy_tts/split.py --corpus $DATA --labelled-share 0.5"
 }

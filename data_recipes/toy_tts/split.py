@@ -1,7 +1,7 @@
 """Split the toy corpus's training audio for the paper's table: a labelled part for the base student,
 the rest (plus the unlabelled split) as unlabelled audio for teacher-data adaptation and OPD.
 
-    python data_recipes/toy_tts/split.py --corpus data/toy_tts --labelled-share 0.25
+    python data_recipes/toy_tts/split.py --corpus data/toy_tts --labelled-share 0.5
 
 Writes, beside the corpus's own manifests (so audio paths stay relative to them):
   train_labelled.jsonl  the first `labelled-share` of each language's training lines, as they are
@@ -55,7 +55,7 @@ def split(corpus: Path, labelled_share: float) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", type=Path, default=Path("data/toy_tts"))
-    parser.add_argument("--labelled-share", type=float, default=0.25)
+    parser.add_argument("--labelled-share", type=float, default=0.5)
     args = parser.parse_args(argv)
     counts = split(args.corpus, args.labelled_share)
     print(json.dumps(counts))
