@@ -82,11 +82,14 @@ def _final_params(run: Path) -> dict:
     return load_file(run / "final" / "model.safetensors")
 
 
-@pytest.mark.parametrize("loss", ["union_topk_kl", "reverse_kl"])
-def test_batch_8_x_accum_1_equals_batch_2_x_accum_4(tmp_path, tokenizer, loss):
-    train = _manifest(tmp_path / "data", 8, seconds=lambda i: 1.0)  # equal lengths: same 8 clips either way
+@pytest.mark.parametrize("loss,ce_weight", [("union_topk_kl", 0.0), ("reverse_kl", 0.0), ("union_topk_kl", 0.5)])
+def test_batch_8_x_accum_1_equals_batch_2_x_accum_4(tmp_path, tokenizer, loss, ce_weight):
+    # equal audio lengths: the same 8 clips either way; transcripts of 3-7 letter words, so with ce_weight
+    # a per-micro-batch mean of the reference cross-entropy would differ from the step's token mean
+    train = _manifest(tmp_path / "data", 8, seconds=lambda i: 1.0)
     dev = _manifest(tmp_path / "data", 2, name="dev.jsonl")
-    common = {"max_steps": 1, "opd.loss": loss, "data.max_batch_seconds": 100.0, "checkpoint.every": 1}
+    common = {"max_steps": 1, "opd.loss": loss, "data.max_batch_seconds": 100.0, "checkpoint.every": 1,
+              "opd.ce_weight": ce_weight}
     main(parse_args(_overrides(tmp_path / "a", train, dev, **common, **{"data.max_batch_size": 8})))
     main(parse_args(_overrides(tmp_path / "b", train, dev, **common, **{"data.max_batch_size": 2,
                                                                          "optim.grad_accum": 4})))
@@ -106,6 +109,10 @@ def test_batch_8_x_accum_1_equals_batch_2_x_accum_4(tmp_path, tokenizer, loss):
     steps = [json.loads(x) for x in (tmp_path / "b" / "run" / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
     assert len(steps) == 1 and steps[0]["tokens"] == json.loads(
         (tmp_path / "a" / "run" / "metrics.jsonl").read_text().splitlines()[0])["tokens"]
+    if ce_weight:  # the cross-entropy term took part: without it the same step ends elsewhere
+        main(parse_args(_overrides(tmp_path / "c", train, dev, **{**common, "opd.ce_weight": 0.0},
+                                   **{"data.max_batch_size": 8})))
+        assert not torch.allclose(a[key], _final_params(tmp_path / "c" / "run")[key])
 
 
 def _run(args: list[str], env_extra: dict | None = None, launcher: list[str] | None = None) -> subprocess.CompletedProcess:

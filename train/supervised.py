@@ -11,7 +11,7 @@ from train.opd.reduction import global_token_count, token_mean
 from train.optimize import accumulate_and_step, averaged_over, zero_loss
 
 
-def _targets(batch: dict, device) -> torch.Tensor:
+def shifted_targets(batch: dict, device) -> torch.Tensor:
     """labels shifted so that position t holds the token predicted from position t (-100 elsewhere)."""
     return batch["labels"][:, 1:].to(device)
 
@@ -23,7 +23,7 @@ def teacher_forced(model, batch: dict):
     out = model(input_ids=batch["input_ids"].to(param.device), attention_mask=batch["attention_mask"].to(param.device),
                 input_features=batch["input_features"].to(param.device, param.dtype),
                 input_features_mask=batch["input_features_mask"].to(param.device))
-    return out, _targets(batch, param.device)
+    return out, shifted_targets(batch, param.device)
 
 
 def sft_update(accelerator, model, optimizer, scheduler, batches: list[dict], grad_clip: float,
@@ -35,7 +35,7 @@ def sft_update(accelerator, model, optimizer, scheduler, batches: list[dict], gr
     the model is a `StudentWithCTC`; its CTC targets are the transcript tokens without EOS."""
     device = accelerator.device
     usable = [b for b in batches if b["size"] and "labels" in b]
-    masks = [_targets(b, device) >= 0 for b in usable]
+    masks = [shifted_targets(b, device) >= 0 for b in usable]
     n_tokens = global_token_count(masks or [torch.zeros(1, dtype=torch.bool, device=device)], accelerator)
     scale = averaged_over(accelerator)
     parts = {"nll": 0.0, "ctc": 0.0, "ctc_infeasible": 0}

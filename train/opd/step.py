@@ -24,7 +24,7 @@ from train.opd.losses import (
 from train.opd.reduction import global_token_count, token_mean
 from train.opd.rollout import Rollout, rescore, rollout
 from train.optimize import accumulate_and_step, averaged_over, zero_loss
-from train.supervised import teacher_forced
+from train.supervised import shifted_targets, teacher_forced
 from train.teachers.base import TokenScores
 
 
@@ -97,6 +97,10 @@ def update(accelerator, student, optimizer, scheduler, micro: list[MicroBatch], 
     n_tokens = global_token_count(masks or [torch.zeros(1, dtype=torch.bool, device=accelerator.device)],
                                   accelerator)
     scale = averaged_over(accelerator)
+    # The reference cross-entropy (opd.ce_weight) has its own global count: the step's transcript tokens.
+    with_ce = [mb for mb in micro if opd.ce_weight and mb.rollout is not None and _has_reference(mb)]
+    ce_tokens = global_token_count([shifted_targets(mb.batch, accelerator.device) >= 0 for mb in with_ce]
+                                   or [torch.zeros(1, dtype=torch.bool, device=accelerator.device)], accelerator)
     seen = {"kl": 0.0, "agree": 0, "scored": 0}
 
     def micro_loss(mb: MicroBatch):
@@ -105,8 +109,8 @@ def update(accelerator, student, optimizer, scheduler, micro: list[MicroBatch], 
                 return zero_loss(student)
             logits = rescore(student, mb.batch, mb.rollout)
             loss = token_mean(distillation_loss(logits, mb, opd, allowed_V), mb.scores.mask_B_T, n_tokens, scale)
-            if opd.ce_weight and "labels" in mb.batch and mb.on_policy:
-                loss = loss + opd.ce_weight * _reference_ce(student, mb.batch, scale)
+            if opd.ce_weight and _has_reference(mb):
+                loss = loss + opd.ce_weight * _reference_ce(student, mb.batch, ce_tokens, scale)
             with torch.no_grad():
                 m = mb.scores.mask_B_T
                 if mb.scores.extra_ids_B_T_E is not None:
@@ -128,8 +132,13 @@ def update(accelerator, student, optimizer, scheduler, micro: list[MicroBatch], 
             "grad_norm": step["grad_norm"]}
 
 
-def _reference_ce(student, batch: dict, averaged_over: int) -> torch.Tensor:
-    """Cross-entropy on the reference transcript, normalised by this micro-batch's target tokens."""
+def _has_reference(mb: MicroBatch) -> bool:
+    """An on-policy micro-batch whose clips carry reference transcripts (off-policy ones are the reference)."""
+    return mb.on_policy and "labels" in mb.batch
+
+
+def _reference_ce(student, batch: dict, ce_tokens: torch.Tensor, averaged_over: int) -> torch.Tensor:
+    """Cross-entropy on the reference transcript: this micro-batch's summed token NLL over the step's
+    global count of reference tokens, so that it too is invariant to how the step is split."""
     out, targets = teacher_forced(student, batch)
-    nll = token_nll(out.logits[:, :-1], targets)
-    return token_mean(nll, targets >= 0, (targets >= 0).sum().clamp(min=1), averaged_over) / averaged_over
+    return token_mean(token_nll(out.logits[:, :-1], targets), targets >= 0, ce_tokens, averaged_over)
