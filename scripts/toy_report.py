@@ -36,16 +36,30 @@ def _rows(path: Path) -> dict[str, list[dict]]:
     return dict(by_language)
 
 
+WORD_COUNTS = ("substitutions", "deletions", "insertions", "ref_len")
+
+
 def score(path: Path) -> dict[str, dict]:
-    """{language: {primary, wer, cer, fidelity}}: primary is CER for zh/ja/ko, WER elsewhere."""
+    """{language: {primary, wer, cer, fidelity, words}}: primary is CER for zh/ja/ko, WER elsewhere;
+    words holds the word-level substitutions, deletions, insertions and reference length (WER languages)."""
     out = {}
     for language, rows in sorted(_rows(path).items()):
         refs, hyps = [r["reference"] for r in rows], [r["hypothesis"] for r in rows]
         cer = error_rates(refs, hyps, language, metric="cer")["rate"]
-        wer = None if language in CHARACTER_LANGUAGES else error_rates(refs, hyps, language, metric="wer")["rate"]
+        words = None if language in CHARACTER_LANGUAGES else error_rates(refs, hyps, language, metric="wer")
+        wer = None if words is None else words["rate"]
         out[language] = {"primary": cer if wer is None else wer, "wer": wer, "cer": cer,
-                         "fidelity": language_fidelity(hyps, language)["fidelity"]}
+                         "fidelity": language_fidelity(hyps, language)["fidelity"],
+                         "words": None if words is None else {k: words[k] for k in WORD_COUNTS}}
     return out
+
+
+def word_error_kinds(scores: dict[str, dict]) -> dict[str, int]:
+    """Word errors summed over the WER languages, and the words written: hits + substitutions +
+    insertions = reference words - deletions + insertions."""
+    total = {k: sum(r["words"][k] for r in scores.values() if r["words"]) for k in WORD_COUNTS}
+    total["hyp_len"] = total["ref_len"] - total["deletions"] + total["insertions"]
+    return total
 
 
 def mean(values) -> float:
@@ -96,6 +110,13 @@ def build_report(runs: Path) -> tuple[str, dict]:
             gaps[m] = {k: gap_closed(summary["base"][k], summary[m][k], summary["teacher"][k])
                        for k in ("primary", "cer")}
             lines.append(f"| {MODELS[m]} | {_pct(gaps[m]['primary'])} % | {_pct(gaps[m]['cer'])} % |")
+    kinds = {m: word_error_kinds(scores[m]) for m in names}
+    n_wer = sum(r["words"] is not None for r in scores[names[0]].values())
+    lines += ["", f"Word errors summed over the languages scored by WER ({n_wer}), which is what moves the WER:", "",
+              "| model | substitutions | deletions | insertions | words written / in the references |",
+              "|---|---:|---:|---:|---|"]
+    lines += [f"| {MODELS[m]} | {k['substitutions']} | {k['deletions']} | {k['insertions']} | "
+              f"{k['hyp_len']} / {k['ref_len']} |" for m, k in kinds.items()]
     diagnostics = {m: json.loads((runs / "diagnostics" / f"{m}.json").read_text()) for m in MODELS
                    if (runs / "diagnostics" / f"{m}.json").exists()}
     if diagnostics:
@@ -119,7 +140,8 @@ def build_report(runs: Path) -> tuple[str, dict]:
             lines.append(f"| whole script, start to end | {total / 60:.1f} min |")
     if plot_dev_curves(runs, runs / "dev_curves.png"):
         lines += ["", "![dev error rate over student updates](dev_curves.png)"]
-    return "\n".join(lines) + "\n", {"summary": summary, "gap_closed": gaps, "languages": scores}
+    return "\n".join(lines) + "\n", {"summary": summary, "gap_closed": gaps, "word_errors": kinds,
+                                     "languages": scores}
 
 
 def wall_times(runs: Path) -> dict[str, int]:

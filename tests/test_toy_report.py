@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 REFS = {"en": ["the cat sat", "a dog ran"], "zh": ["中心死长", "学生我"]}
 HYPS = {"teacher": {"en": ["the cat sat", "a dog ran"], "zh": ["中心死长", "学生我"]},
         "base": {"en": ["the bat sat", "a dog"], "zh": ["中心长", "学我"]},
-        "opd": {"en": ["the cat sat", "a dog"], "zh": ["中心死长", "学我"]}}
+        "opd": {"en": ["the cat sat", "a dog"], "zh": ["中心死长", "学我"]},
+        "td": {"en": ["the c at sat", "a dog ran ran"], "zh": ["中心死长", "学生我"]}}  # splits and adds words
 
 
 def _report_module():
@@ -50,3 +51,8 @@ def test_table_and_gap_closed(tmp_path):
     assert "| zh |" in text and "Base+OPD" in text and "| whole script, start to end | 2.5 min |" in text
     assert "| teacher | 2.0 min |" in text
     assert "| Base | -3.90 | 43.0 % | 44.0 % | 14.6 / 14.4 / 14.5 |" in text and "`test.jsonl`" in text
+    # word errors, counted: "the c at sat" is one substitution and one insertion, "ran ran" one insertion
+    assert data["word_errors"]["td"] == {"substitutions": 1, "deletions": 0, "insertions": 2, "ref_len": 6,
+                                         "hyp_len": 8}
+    assert data["word_errors"]["base"]["deletions"] == 1 and data["word_errors"]["base"]["hyp_len"] == 5
+    assert "| Base+TD | 1 | 0 | 2 | 8 / 6 |" in text and "languages scored by WER (1)" in text
