@@ -8,7 +8,12 @@ Prints (and writes with --out) per position kind:
   - the teacher's mean log-prob of the student's token, and how often it is the teacher's argmax;
   - at the student's end of transcript: the teacher's probability of ending there too, and how
     often the teacher would rather go on;
-  - lengths: the student's transcripts, the teacher's own greedy ones and the references, in characters.
+  - lengths: the student's transcripts, the teacher's own greedy ones and the references, in characters;
+  - word boundaries per clip (character vocabularies, where " " is one token): the teacher's and the
+    student's summed probability of a space over the student's positions, the spaces the student
+    wrote and those in the references. Forward KL moves the student's space probability towards
+    the teacher's: a teacher that expects more boundaries than the student writes teaches it to
+    split words (word insertions) even where it spells the characters better.
 If the teacher would rather go on where the student stops, OPD pushes the student to longer
 outputs (insertions); if its argmax agrees with the student's tokens about as often as the
 student is right, the teacher is not correcting the student on its own prefixes.
@@ -29,7 +34,7 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
 from train.config import DataConfig, SourceConfig  # noqa: E402
 from train.data.loader import make_loader  # noqa: E402
 from train.models import load_student, transcribe  # noqa: E402
-from train.opd.rollout import rollout  # noqa: E402
+from train.opd.rollout import rescore, rollout  # noqa: E402
 from train.teachers.same_family import SameFamilyTeacher  # noqa: E402
 
 
@@ -40,13 +45,23 @@ def diagnose(student, processor, teacher: SameFamilyTeacher, manifest: str, clip
                       num_workers=0, language_prompt=language_prompt, keep_audio=True)
     loader = make_loader(data.train, processor, data, shuffle=False)
     eos = set(processor.eos_token_ids)
+    space = space_token_id(processor)
     sums = {"token_count": 0, "token_logp": 0.0, "token_argmax": 0, "end_count": 0, "end_logp": 0.0, "end_argmax": 0,
-            "student_chars": 0, "teacher_chars": 0, "reference_chars": 0, "clips": 0}
+            "student_chars": 0, "teacher_chars": 0, "reference_chars": 0, "clips": 0,
+            "teacher_space_mass": 0.0, "student_space_mass": 0.0, "student_spaces": 0, "reference_spaces": 0}
     for batch in loader:
         if not batch["size"]:
             continue
         out = rollout(student, processor, batch, max_new_tokens=max_new_tokens)
-        scores = teacher.score(batch, out, k=1)
+        space_B_T_1 = None if space is None else torch.full_like(out.tokens_B_T, space).unsqueeze(-1)
+        scores = teacher.score(batch, out, extra_ids_B_T_E=space_B_T_1, k=1)
+        if space is not None:
+            m = out.mask_B_T
+            student_p_space = torch.softmax(rescore(student, batch, out).float(), dim=-1)[..., space]
+            sums["teacher_space_mass"] += float(scores.extra_logp_B_T_E[..., 0].float().exp()[m].sum())
+            sums["student_space_mass"] += float(student_p_space[m].sum())
+            sums["student_spaces"] += int(((out.tokens_B_T == space) & m).sum())
+            sums["reference_spaces"] += sum(t.count(" ") for t in batch["texts"])
         is_end = torch.zeros_like(out.mask_B_T)
         for i in eos:
             is_end |= out.tokens_B_T == i
@@ -67,8 +82,9 @@ def diagnose(student, processor, teacher: SameFamilyTeacher, manifest: str, clip
         sums["clips"] += batch["size"]
         if sums["clips"] >= clips:
             break
+    n = sums["clips"]
     return {
-        "clips": sums["clips"],
+        "clips": n,
         "teacher_logp_of_student_tokens": sums["token_logp"] / max(sums["token_count"], 1),
         "teacher_argmax_is_student_token": sums["token_argmax"] / max(sums["token_count"], 1),
         "teacher_p_end_where_student_ends": float(torch.tensor(sums["end_logp"] / max(sums["end_count"], 1)).exp()),
@@ -76,7 +92,16 @@ def diagnose(student, processor, teacher: SameFamilyTeacher, manifest: str, clip
         "chars_per_clip": {"student": sums["student_chars"] / sums["clips"],
                            "teacher": sums["teacher_chars"] / sums["clips"],
                            "reference": sums["reference_chars"] / sums["clips"]},
+        "spaces_per_clip": None if space is None else {
+            "teacher_expected": sums["teacher_space_mass"] / n, "student_expected": sums["student_space_mass"] / n,
+            "student_written": sums["student_spaces"] / n, "reference": sums["reference_spaces"] / n},
     }
+
+
+def space_token_id(processor) -> int | None:
+    """The id of " " where the vocabulary spells it as one token of its own (character vocabularies)."""
+    ids = processor.tokenizer.encode(" ", add_special_tokens=False)
+    return ids[0] if len(ids) == 1 and processor.tokenizer.decode(ids) == " " else None
 
 
 def main(argv: list[str] | None = None) -> dict:

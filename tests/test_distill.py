@@ -109,6 +109,7 @@ def test_batch_8_x_accum_1_equals_batch_2_x_accum_4(tmp_path, tokenizer, loss, c
     steps = [json.loads(x) for x in (tmp_path / "b" / "run" / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
     assert len(steps) == 1 and steps[0]["tokens"] == json.loads(
         (tmp_path / "a" / "run" / "metrics.jsonl").read_text().splitlines()[0])["tokens"]
+    assert ("kl" in steps[0]) == (loss == "union_topk_kl")  # logged only where the loss scores the union top-k
     if ce_weight:  # the cross-entropy term took part: without it the same step ends elsewhere
         main(parse_args(_overrides(tmp_path / "c", train, dev, **{**common, "opd.ce_weight": 0.0},
                                    **{"data.max_batch_size": 8})))

@@ -1,4 +1,5 @@
-"""scripts/opd_diagnostics.py: a teacher that is the student itself agrees with every greedy token."""
+"""scripts/opd_diagnostics.py: a teacher that is the student itself agrees with every greedy token
+and expects exactly the student's word boundaries."""
 
 from __future__ import annotations
 
@@ -29,3 +30,7 @@ def test_the_student_as_its_own_teacher_agrees_everywhere(tmp_path, tokenizer):
     assert out["teacher_argmax_is_student_token"] > 0.99  # float noise at a near-tie of a random model, at most
     assert out["chars_per_clip"]["student"] == pytest.approx(out["chars_per_clip"]["teacher"])
     assert out["teacher_logp_of_student_tokens"] < 0
+    spaces = out["spaces_per_clip"]  # the test vocabulary spells " " as one token of its own
+    assert spaces["teacher_expected"] == pytest.approx(spaces["student_expected"], rel=1e-4)
+    assert spaces["reference"] == 1.0  # "alpha bravo", ...: one space a clip
+    assert 0 <= spaces["student_written"] and 0 < spaces["student_expected"]

@@ -127,7 +127,8 @@ def update(accelerator, student, optimizer, scheduler, micro: list[MicroBatch], 
     if accelerator.num_processes > 1:
         sums = accelerator.reduce(sums, reduction="sum")
     loss_sum, kl_sum, agree, scored = sums.tolist()
-    return {"loss": loss_sum, "tokens": float(n_tokens), "kl": kl_sum / scored if scored else None,
+    kl_known = scored and opd.loss == "union_topk_kl"  # the other losses do not score the union top-k
+    return {"loss": loss_sum, "tokens": float(n_tokens), "kl": kl_sum / scored if kl_known else None,
             "agreement": agree / scored if scored else None, "nonfinite": step["nonfinite"],
             "grad_norm": step["grad_norm"]}
 
