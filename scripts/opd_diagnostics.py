@@ -13,7 +13,9 @@ Prints (and writes with --out) per position kind:
     student's summed probability of a space over the student's positions, the spaces the student
     wrote and those in the references. Forward KL moves the student's space probability towards
     the teacher's: a teacher that expects more boundaries than the student writes teaches it to
-    split words (word insertions) even where it spells the characters better.
+    split words (word insertions) even where it spells the characters better;
+  - the mean entropy (nats) of the student's and the teacher's next-token distributions over the
+    student's positions: how sure each is on the student's own prefixes.
 If the teacher would rather go on where the student stops, OPD pushes the student to longer
 outputs (insertions); if its argmax agrees with the student's tokens about as often as the
 student is right, the teacher is not correcting the student on its own prefixes.
@@ -48,18 +50,21 @@ def diagnose(student, processor, teacher: SameFamilyTeacher, manifest: str, clip
     space = space_token_id(processor)
     sums = {"token_count": 0, "token_logp": 0.0, "token_argmax": 0, "end_count": 0, "end_logp": 0.0, "end_argmax": 0,
             "student_chars": 0, "teacher_chars": 0, "reference_chars": 0, "clips": 0,
-            "teacher_space_mass": 0.0, "student_space_mass": 0.0, "student_spaces": 0, "reference_spaces": 0}
+            "teacher_space_mass": 0.0, "student_space_mass": 0.0, "student_spaces": 0, "reference_spaces": 0,
+            "student_entropy": 0.0, "teacher_entropy": 0.0}
     for batch in loader:
         if not batch["size"]:
             continue
         out = rollout(student, processor, batch, max_new_tokens=max_new_tokens)
         space_B_T_1 = None if space is None else torch.full_like(out.tokens_B_T, space).unsqueeze(-1)
-        scores = teacher.score(batch, out, extra_ids_B_T_E=space_B_T_1, k=1)
+        scores = teacher.score(batch, out, extra_ids_B_T_E=space_B_T_1, k=1, full=True)
+        m = out.mask_B_T
+        student_logp = torch.log_softmax(rescore(student, batch, out).float(), dim=-1)
+        for who, logp in (("student", student_logp), ("teacher", scores.full_logp_B_T_V.float())):
+            sums[f"{who}_entropy"] += float(-(logp.exp() * logp.clamp(min=-1e30)).sum(-1)[m].sum())
         if space is not None:
-            m = out.mask_B_T
-            student_p_space = torch.softmax(rescore(student, batch, out).float(), dim=-1)[..., space]
             sums["teacher_space_mass"] += float(scores.extra_logp_B_T_E[..., 0].float().exp()[m].sum())
-            sums["student_space_mass"] += float(student_p_space[m].sum())
+            sums["student_space_mass"] += float(student_logp[..., space].exp()[m].sum())
             sums["student_spaces"] += int(((out.tokens_B_T == space) & m).sum())
             sums["reference_spaces"] += sum(t.count(" ") for t in batch["texts"])
         is_end = torch.zeros_like(out.mask_B_T)
@@ -92,6 +97,8 @@ def diagnose(student, processor, teacher: SameFamilyTeacher, manifest: str, clip
         "chars_per_clip": {"student": sums["student_chars"] / sums["clips"],
                            "teacher": sums["teacher_chars"] / sums["clips"],
                            "reference": sums["reference_chars"] / sums["clips"]},
+        "entropy_nats": {"student": sums["student_entropy"] / max(sums["token_count"] + sums["end_count"], 1),
+                         "teacher": sums["teacher_entropy"] / max(sums["token_count"] + sums["end_count"], 1)},
         "spaces_per_clip": None if space is None else {
             "teacher_expected": sums["teacher_space_mass"] / n, "student_expected": sums["student_space_mass"] / n,
             "student_written": sums["student_spaces"] / n, "reference": sums["reference_spaces"] / n},

@@ -124,16 +124,17 @@ def build_report(runs: Path) -> tuple[str, dict]:
                   "(scripts/opd_diagnostics.py), which is what OPD learns from:", "",
                   "| student | teacher log-prob of the student's tokens | teacher's argmax = student's token | "
                   "teacher's argmax is to end where the student ends | characters per clip: student / teacher / "
-                  "reference | spaces per clip: teacher expects / student expects / student writes / reference |",
-                  "|---|---:|---:|---:|---|---|"]
+                  "reference | spaces per clip: teacher expects / student expects / student writes / reference | "
+                  "next-token entropy, student / teacher (nats) |", "|---|---:|---:|---:|---|---|---|"]
         for m, d in diagnostics.items():
-            chars, spaces = d["chars_per_clip"], d.get("spaces_per_clip")
+            chars, spaces, entropy = d["chars_per_clip"], d.get("spaces_per_clip"), d.get("entropy_nats")
             space_cell = "–" if not spaces else " / ".join(f"{spaces[k]:.2f}" for k in (
                 "teacher_expected", "student_expected", "student_written", "reference"))
             lines.append(f"| {MODELS[m]} | {d['teacher_logp_of_student_tokens']:.2f} | "
                          f"{_pct(d['teacher_argmax_is_student_token'])} % | "
                          f"{_pct(d['teacher_argmax_is_end_where_student_ends'])} % | "
-                         f"{chars['student']:.1f} / {chars['teacher']:.1f} / {chars['reference']:.1f} | {space_cell} |")
+                         f"{chars['student']:.1f} / {chars['teacher']:.1f} / {chars['reference']:.1f} | {space_cell} | "
+                         + ("–" if not entropy else f"{entropy['student']:.2f} / {entropy['teacher']:.2f}") + " |")
     times = wall_times(runs)
     if times:
         total = times.pop("this_invocation", None)

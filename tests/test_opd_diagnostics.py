@@ -4,6 +4,7 @@ and expects exactly the student's word boundaries."""
 from __future__ import annotations
 
 import importlib.util
+import math
 from pathlib import Path
 
 import pytest
@@ -34,3 +35,5 @@ def test_the_student_as_its_own_teacher_agrees_everywhere(tmp_path, tokenizer):
     assert spaces["teacher_expected"] == pytest.approx(spaces["student_expected"], rel=1e-4)
     assert spaces["reference"] == 1.0  # "alpha bravo", ...: one space a clip
     assert 0 <= spaces["student_written"] and 0 < spaces["student_expected"]
+    assert out["entropy_nats"]["teacher"] == pytest.approx(out["entropy_nats"]["student"], rel=1e-4)
+    assert 0 < out["entropy_nats"]["student"] < math.log(model.config.text_config.vocab_size)

@@ -39,7 +39,8 @@ def test_table_and_gap_closed(tmp_path):
         "teacher_logp_of_student_tokens": -3.9, "teacher_argmax_is_student_token": 0.43,
         "teacher_argmax_is_end_where_student_ends": 0.44, "chars_per_clip": {"student": 14.6, "teacher": 14.4,
                                                                               "reference": 14.5},
-        "spaces_per_clip": {"teacher_expected": 2.5, "student_expected": 2.0, "student_written": 2.0, "reference": 2.25}}))
+        "spaces_per_clip": {"teacher_expected": 2.5, "student_expected": 2.0, "student_written": 2.0, "reference": 2.25},
+        "entropy_nats": {"student": 0.8, "teacher": 1.25}}))
     data = _report_module().main(["--runs", str(tmp_path)])
     primary = {m: (error_rates(REFS["en"], HYPS[m]["en"], "en", metric="wer")["rate"]
                    + error_rates(REFS["zh"], HYPS[m]["zh"], "zh", metric="cer")["rate"]) / 2 for m in HYPS}
@@ -51,7 +52,7 @@ def test_table_and_gap_closed(tmp_path):
     text = (tmp_path / "report.md").read_text()
     assert "| zh |" in text and "Base+OPD" in text and "| whole script, start to end | 2.5 min |" in text
     assert "| teacher | 2.0 min |" in text
-    assert "| Base | -3.90 | 43.0 % | 44.0 % | 14.6 / 14.4 / 14.5 | 2.50 / 2.00 / 2.00 / 2.25 |" in text and "`test.jsonl`" in text
+    assert "| Base | -3.90 | 43.0 % | 44.0 % | 14.6 / 14.4 / 14.5 | 2.50 / 2.00 / 2.00 / 2.25 | 0.80 / 1.25 |" in text and "`test.jsonl`" in text
     # word errors, counted: "the c at sat" is one substitution and one insertion, "ran ran" one insertion
     assert data["word_errors"]["td"] == {"substitutions": 1, "deletions": 0, "insertions": 2, "ref_len": 6,
                                          "hyp_len": 8}
