@@ -87,7 +87,7 @@ def diagnose(student, processor, teacher: SameFamilyTeacher, manifest: str, clip
         sums["clips"] += batch["size"]
         if sums["clips"] >= clips:
             break
-    n = sums["clips"]
+    n, positions = sums["clips"], max(sums["token_count"] + sums["end_count"], 1)
     return {
         "clips": n,
         "teacher_logp_of_student_tokens": sums["token_logp"] / max(sums["token_count"], 1),
@@ -97,8 +97,7 @@ def diagnose(student, processor, teacher: SameFamilyTeacher, manifest: str, clip
         "chars_per_clip": {"student": sums["student_chars"] / sums["clips"],
                            "teacher": sums["teacher_chars"] / sums["clips"],
                            "reference": sums["reference_chars"] / sums["clips"]},
-        "entropy_nats": {"student": sums["student_entropy"] / max(sums["token_count"] + sums["end_count"], 1),
-                         "teacher": sums["teacher_entropy"] / max(sums["token_count"] + sums["end_count"], 1)},
+        "entropy_nats": {"student": sums["student_entropy"] / positions, "teacher": sums["teacher_entropy"] / positions},
         "spaces_per_clip": None if space is None else {
             "teacher_expected": sums["teacher_space_mass"] / n, "student_expected": sums["student_space_mass"] / n,
             "student_written": sums["student_spaces"] / n, "reference": sums["reference_spaces"] / n},

@@ -36,7 +36,7 @@ def sft_update(accelerator, model, optimizer, scheduler, batches: list[dict], gr
     device = accelerator.device
     usable = [b for b in batches if b["size"] and "labels" in b]
     masks = [shifted_targets(b, device) >= 0 for b in usable]
-    n_tokens = global_token_count(masks or [torch.zeros(1, dtype=torch.bool, device=device)], accelerator)
+    n_tokens = global_token_count(masks, accelerator)
     scale = averaged_over(accelerator)
     parts = {"nll": 0.0, "ctc": 0.0, "ctc_infeasible": 0}
 

@@ -14,8 +14,12 @@ import torch
 
 
 def global_token_count(masks_B_T: list[torch.Tensor], accelerator=None) -> torch.Tensor:
-    """Unmasked tokens over this step's micro-batches, summed over all processes (at least 1)."""
-    device = masks_B_T[0].device if masks_B_T else torch.device("cpu")
+    """Unmasked tokens over this step's micro-batches, summed over all processes (at least 1). A
+    process with no masks (every clip skipped) still takes part in the sum, with 0."""
+    if masks_B_T:
+        device = masks_B_T[0].device
+    else:
+        device = accelerator.device if accelerator is not None else torch.device("cpu")
     local = torch.tensor(float(sum(int(m.sum()) for m in masks_B_T)), device=device)
     if accelerator is not None and accelerator.num_processes > 1:
         local = accelerator.reduce(local, reduction="sum")

@@ -94,13 +94,12 @@ def update(accelerator, student, optimizer, scheduler, micro: list[MicroBatch], 
            grad_clip: float) -> dict:
     """Backward every micro-batch with the global token normalisation, then step (unless non-finite)."""
     masks = [mb.scores.mask_B_T for mb in micro if mb.scores is not None]
-    n_tokens = global_token_count(masks or [torch.zeros(1, dtype=torch.bool, device=accelerator.device)],
-                                  accelerator)
+    n_tokens = global_token_count(masks, accelerator)
     scale = averaged_over(accelerator)
     # The reference cross-entropy (opd.ce_weight) has its own global count: the step's transcript tokens.
-    with_ce = [mb for mb in micro if opd.ce_weight and mb.rollout is not None and _has_reference(mb)]
-    ce_tokens = global_token_count([shifted_targets(mb.batch, accelerator.device) >= 0 for mb in with_ce]
-                                   or [torch.zeros(1, dtype=torch.bool, device=accelerator.device)], accelerator)
+    ce_masks = [shifted_targets(mb.batch, accelerator.device) >= 0 for mb in micro
+                if opd.ce_weight and mb.rollout is not None and _has_reference(mb)]
+    ce_tokens = global_token_count(ce_masks, accelerator)
     seen = {"kl": 0.0, "agree": 0, "scored": 0}
 
     def micro_loss(mb: MicroBatch):
