@@ -25,12 +25,18 @@ from data_recipes.toy_tts import prepare, synth  # noqa: E402
 SPLITS = ("train", "unlabelled", "dev", "test")
 SIZES = {"train": 8, "unlabelled": 3, "dev": 4, "test": 4}
 LANGS = ("ja", "de")
+SCALE = {"ja": 3}  # ja gets 3x the training utterances of de
+
+
+def expected_count(split: str, lang: str) -> int:
+    return SIZES[split] * (SCALE.get(lang, 1) if split == "train" else 1)
 KANA = re.compile(r"^[\u3041-\u3094\u30a1-\u30f4\u30fc]+$")
 
 
 def args(out: Path, seed: int = 1, workers: int = 1, **sizes) -> list[str]:
     sizes = {**SIZES, **sizes}
     argv = ["--out", str(out), "--seed", str(seed), "--languages", ",".join(LANGS), "--workers", str(workers)]
+    argv += ["--train-scale", ",".join(f"{k}={v}" for k, v in SCALE.items())]
     for split in SPLITS:
         argv += [f"--{split}-per-language", str(sizes[split])]
     return argv
@@ -56,8 +62,8 @@ def test_manifest_fields_types_and_audio(corpus):
     rows = read(corpus)
     ids = set()
     for split in SPLITS:
-        assert len(rows[split]) == SIZES[split] * len(LANGS)
-        assert {r["language"] for r in rows[split]} == set(LANGS)
+        for lang in LANGS:
+            assert sum(r["language"] == lang for r in rows[split]) == expected_count(split, lang), (split, lang)
         for r in rows[split]:
             assert r["id"] not in ids
             ids.add(r["id"])
@@ -77,6 +83,7 @@ def test_manifest_fields_types_and_audio(corpus):
             assert 0.3 < r["duration"] < 15
     build = json.loads((corpus / "BUILD.json").read_text(encoding="utf-8"))
     assert build["complete"] is True and build["seed"] == 1 and build["languages"] == ["de", "ja"]  # canonical order
+    assert build["train_scale"] == SCALE
     assert build["versions"]["espeak-ng"][0].isdigit() and build["versions"]["wordfreq"]
 
 
@@ -126,6 +133,25 @@ def test_different_seed_draws_fresh_texts(corpus, tmp_path):
     assert [r["id"] for r in read(other)["train"]] == [r["id"] for r in read(corpus)["train"]]
 
 
+def test_train_scale_changes_only_the_training_split():
+    """Scaling a language's training utterances leaves dev and test as they were (they are drawn
+    first), and the other languages untouched."""
+    sizes = {"train": 5, "unlabelled": 2, "dev": 3, "test": 3}
+    plain = prepare.plan(["de", "ja"], sizes, seed=3)
+    scaled = prepare.plan(["de", "ja"], sizes, seed=3, train_scale={"ja": 4})
+    for split in ("dev", "test"):
+        assert [u for u in plain if u.split == split] == [u for u in scaled if u.split == split]
+    assert [u for u in plain if u.language == "de"] == [u for u in scaled if u.language == "de"]
+    assert sum(u.split == "train" and u.language == "ja" for u in scaled) == 20
+
+
+@pytest.mark.parametrize("spec", ["ja", "ja=0", "xx=2", "ja=two"])
+def test_bad_train_scale_is_refused_by_name(spec, tmp_path):
+    with pytest.raises(SystemExit, match="--train-scale: bad entry"):
+        prepare.main(["--out", str(tmp_path / "c"), "--languages", "ja", "--train-scale", spec])
+    assert prepare.parse_train_scale("") == {} and prepare.parse_train_scale("zh=4, ja=2") == {"zh": 4, "ja": 2}
+
+
 def test_second_run_is_cached(corpus, monkeypatch, capsys):
     before = {p: p.stat().st_mtime_ns for p in corpus.rglob("*") if p.is_file()}
 
@@ -162,7 +188,7 @@ def test_interrupted_build_is_redone(corpus, tmp_path, monkeypatch):
     # other arguments: not up to date, rebuilt in place with the new sizes; the test set
     # depends only on the seed and its own size
     prepare.main(args(out, dev=2, train=5))
-    assert len(read(out)["dev"]) == 2 * len(LANGS) and len(read(out)["train"]) == 5 * len(LANGS)
+    assert len(read(out)["dev"]) == 2 * len(LANGS) and len(read(out)["train"]) == 5 * (1 + SCALE["ja"])
     assert (out / "test.jsonl").read_bytes() == (corpus / "test.jsonl").read_bytes()
 
 
@@ -238,7 +264,7 @@ def test_project_reader_loads_the_manifests(corpus):
     from train.data.manifest import read_jsonl
 
     train = read_jsonl(corpus / "train.jsonl")
-    assert len(train) == SIZES["train"] * len(LANGS)
+    assert len(train) == sum(expected_count("train", lang) for lang in LANGS)
     assert all(Path(u.audio).is_file() and u.text and u.language in LANGS for u in train)
     unlabelled = read_jsonl(corpus / "unlabelled.jsonl")
     assert all(u.text in (None, "") for u in unlabelled)
