@@ -71,6 +71,8 @@ def test_bad_config_fails_before_any_compute(tmp_path, data):
         parse_args(_overrides(tmp_path, *data, **{"opd.k": 0}))
     with pytest.raises(ConfigError, match="opd.lossy"):
         parse_args(_overrides(tmp_path, *data, **{"opd.lossy": 1}))
+    with pytest.raises(ConfigError, match="opd.do_sample"):  # reverse KL's estimator needs samples
+        parse_args(_overrides(tmp_path, *data, **{"opd.loss": "reverse_kl", "opd.do_sample": False}))
     from train.data.manifest import ManifestError
 
     with pytest.raises(ManifestError, match="no such manifest"):
@@ -82,22 +84,25 @@ def _final_params(run: Path) -> dict:
     return load_file(run / "final" / "model.safetensors")
 
 
-@pytest.mark.parametrize("loss,ce_weight", [("union_topk_kl", 0.0), ("reverse_kl", 0.0), ("union_topk_kl", 0.5)])
-def test_batch_8_x_accum_1_equals_batch_2_x_accum_4(tmp_path, tokenizer, loss, ce_weight):
+@pytest.mark.parametrize("loss,ce_weight,do_sample", [("union_topk_kl", 0.0, False), ("reverse_kl", 0.0, True),
+                                                       ("union_topk_kl", 0.5, False), ("jsd", 0.0, True)])
+def test_batch_8_x_accum_1_equals_batch_2_x_accum_4(tmp_path, tokenizer, loss, ce_weight, do_sample):
     # equal audio lengths: the same 8 clips either way; transcripts of 3-7 letter words, so with ce_weight
-    # a per-micro-batch mean of the reference cross-entropy would differ from the step's token mean
+    # a per-micro-batch mean of the reference cross-entropy would differ from the step's token mean.
+    # Sampled rollouts are keyed by clip, so the two layouts sample the same transcripts.
     train = _manifest(tmp_path / "data", 8, seconds=lambda i: 1.0)
     dev = _manifest(tmp_path / "data", 2, name="dev.jsonl")
     common = {"max_steps": 1, "opd.loss": loss, "data.max_batch_seconds": 100.0, "checkpoint.every": 1,
-              "opd.ce_weight": ce_weight}
+              "opd.ce_weight": ce_weight, "opd.do_sample": do_sample}
     main(parse_args(_overrides(tmp_path / "a", train, dev, **common, **{"data.max_batch_size": 8})))
     main(parse_args(_overrides(tmp_path / "b", train, dev, **common, **{"data.max_batch_size": 2,
                                                                          "optim.grad_accum": 4})))
     a, b = _final_params(tmp_path / "a" / "run"), _final_params(tmp_path / "b" / "run")
     for key in a:
         # float32 sums in another order, through Adam's per-element normalisation (which turns ~1e-9 gradient
-        # noise on near-zero gradients into visible update noise): equal to 0.5 % of one lr=1e-3 step
-        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=5e-6)
+        # noise on near-zero gradients into visible update noise): equal to 1 % of one lr=1e-3 step, which
+        # moves every weight by about lr (another sample or a per-micro-batch mean moves them by ~1e-3)
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-5)
     # ... and the step did something: the adapter moved away from its (seeded) initial weights
     from tests.conftest import tiny_config
     from train.models import build_student

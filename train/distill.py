@@ -108,12 +108,14 @@ def main(cfg: DistillConfig) -> dict:
     while step < cfg.max_steps:
         step += 1
         started = time.perf_counter()
-        # Seeded per step and rank, so a resumed run samples exactly what it would have.
-        generator.manual_seed(cfg.seed * 1_000_003 + step * 1_009 + accelerator.process_index)
+        # Seeded per step (and rank, for GKD's coin), so a resumed run samples exactly what it would have;
+        # sampled rollouts are keyed by the step's seed and each clip's id, whatever the batch layout.
+        step_seed = cfg.seed * 1_000_003 + step * 1_009
+        generator.manual_seed(step_seed + accelerator.process_index)
         on_policy = torch.rand((), generator=generator, device=generator.device).item() < cfg.opd.on_policy_fraction
         batches = next_batches(data, cfg.optim.grad_accum, skipped)
         micro = collect(accelerator.unwrap_model(student), processor, teacher, batches, cfg.opd, on_policy,
-                        generator, accelerator.device, all_done)
+                        generator, accelerator.device, all_done, sample_seed=step_seed)
         rolled = time.perf_counter()
         if kill_at and step == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)

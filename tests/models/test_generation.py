@@ -6,6 +6,7 @@ import torch
 
 from tests.conftest import make_clips
 from train.models import generate, transcribe
+from train.models.generation import keyed_sample, splitmix64
 from train.models.token_filter import apply_token_filter
 
 
@@ -101,6 +102,58 @@ def test_sampled_first_tokens_follow_the_tempered_distribution(tiny_student):
     # log-probs stay those of the model at temperature 1, not of the tempered sampler
     expected = torch.log_softmax(apply_token_filter(logits, allowed), -1)[out.tokens_B_T[:, 0]]
     torch.testing.assert_close(out.logprobs_B_T[:, 0].double(), expected, rtol=1e-4, atol=1e-4)
+
+
+def _splitmix64_reference(seed: int, n: int) -> list[int]:
+    """The published algorithm on Python integers (unbounded, reduced mod 2**64 by hand)."""
+    mask, out = (1 << 64) - 1, []
+    for _ in range(n):
+        seed = (seed + 0x9E3779B97F4A7C15) & mask
+        z = ((seed ^ (seed >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        out.append(z ^ (z >> 31))
+    return out
+
+
+def test_splitmix64_matches_the_published_stream():
+    # the first outputs for seed 1234567 in the algorithm's reference tests
+    assert _splitmix64_reference(1234567, 3) == [6457827717110365317, 3203168211198807973, 9817491932198370423]
+    keys = torch.tensor([1234567, -5, 0, 2**63 - 1, -(2**63)])
+    table = splitmix64(keys, torch.arange(40))
+    for key, row in zip(keys.tolist(), table.tolist()):
+        assert [x & ((1 << 64) - 1) for x in row] == _splitmix64_reference(key & ((1 << 64) - 1), 40)
+
+
+def test_keyed_sampling_follows_the_distribution_and_its_exclusions():
+    scores = torch.tensor([1.0, 0.2, -0.5, 2.0, float("-inf"), 0.0], dtype=torch.float64)
+    probs = torch.softmax(scores, -1)
+    n = 20_000
+    keys = torch.arange(n) * 7_919 - 10_000
+    draws = keyed_sample(scores.expand(n, -1), keys, step=3)
+    counts = torch.bincount(draws, minlength=scores.numel()).double()
+    assert counts[4] == 0  # an excluded token is never drawn
+    for t in range(scores.numel()):
+        p = probs[t]
+        assert abs(counts[t] / n - p) <= 4 * (p * (1 - p) / n).sqrt() + 1e-9, (t, counts[t] / n, p)
+    # another step is another draw: the rows do not repeat their tokens step after step
+    assert (keyed_sample(scores.expand(n, -1), keys, step=4) != draws).double().mean() > 0.4
+
+
+def test_keyed_sampling_does_not_depend_on_the_batch(tiny_student):
+    model, processor = tiny_student
+    allowed, eos, pad = _args(model, processor)
+    clips = make_clips([16000, 16000, 16000], seed=9)
+    keys = torch.tensor([11, -22, 33])
+    together = generate(model, processor(clips), allowed, eos, pad, 8, do_sample=True, sample_keys_B=keys)
+    for i, clip in enumerate(clips):
+        alone = generate(model, processor([clip]), allowed, eos, pad, 8, do_sample=True, sample_keys_B=keys[i:i + 1])
+        n = int(alone.lengths_B[0])
+        assert torch.equal(alone.tokens_B_T[0, :n], together.tokens_B_T[i, :n])
+        assert int(together.lengths_B[i]) == n
+    other = generate(model, processor(clips), allowed, eos, pad, 8, do_sample=True, sample_keys_B=keys + 1)
+    assert not torch.equal(other.tokens_B_T, together.tokens_B_T)  # the key is what decides
+    greedy = generate(model, processor(clips), allowed, eos, pad, 8)
+    assert not torch.equal(greedy.tokens_B_T, together.tokens_B_T)
 
 
 def test_transcribe_returns_text_per_clip(tiny_student):

@@ -7,6 +7,7 @@ batch each row came from.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import torch
@@ -34,6 +35,17 @@ class Rollout:
         return int(self.mask_B_T.sum())
 
 
+def clip_sample_keys(seed: int, ids: list[str], n_samples: int) -> torch.Tensor:
+    """One int64 sampling key per rollout row (clip-major, as `rollout` lays them out), from the seed,
+    the clip's id and the sample's index only: a clip draws the same samples in any batch layout."""
+    keys = []
+    for clip in ids:
+        for k in range(n_samples):
+            digest = hashlib.blake2b(f"{seed}/{clip}/{k}".encode(), digest_size=8).digest()
+            keys.append(int.from_bytes(digest, "little", signed=True))
+    return torch.tensor(keys, dtype=torch.long)
+
+
 def _model_inputs(batch: dict, source_B: torch.Tensor, device, dtype) -> dict:
     return {"input_features": batch["input_features"][source_B].to(device, dtype),
             "input_features_mask": batch["input_features_mask"][source_B].to(device)}
@@ -42,8 +54,10 @@ def _model_inputs(batch: dict, source_B: torch.Tensor, device, dtype) -> dict:
 @torch.no_grad()
 def rollout(model, processor, batch: dict, n_samples: int = 1, max_new_tokens: int = 256, do_sample: bool = False,
             temperature: float = 1.0, top_p: float = 1.0, generator: torch.Generator | None = None,
-            topk: int | None = None, all_done=None) -> Rollout:
-    """Sample `n_samples` transcripts per utterance of `batch` (a collator batch) with the student."""
+            topk: int | None = None, all_done=None, sample_seed: int | None = None) -> Rollout:
+    """Sample `n_samples` transcripts per utterance of `batch` (a collator batch) with the student.
+    With `sample_seed`, each clip's samples are keyed by (sample_seed, its id, sample index) instead
+    of drawn from `generator` (see `clip_sample_keys`)."""
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
     param = next(model.parameters())
@@ -51,6 +65,9 @@ def rollout(model, processor, batch: dict, n_samples: int = 1, max_new_tokens: i
     source_B = torch.arange(batch["prompt_ids"].shape[0]).repeat_interleave(n_samples)
     prompt_ids = batch["prompt_ids"][source_B].to(device)
     prompt_mask = batch["prompt_mask"][source_B].to(device)
+    keys = None
+    if do_sample and sample_seed is not None:
+        keys = clip_sample_keys(sample_seed, [str(i) for i in batch["ids"]], n_samples)
     was_training = model.training
     model.eval()
     try:
@@ -59,7 +76,7 @@ def rollout(model, processor, batch: dict, n_samples: int = 1, max_new_tokens: i
                        processor.allowed_token_mask(model.config.text_config.vocab_size), processor.eos_token_ids,
                        processor.pad_token_id, max_new_tokens=max_new_tokens, do_sample=do_sample,
                        temperature=temperature, top_p=top_p, generator=generator, return_topk=topk,
-                       all_done=all_done)
+                       all_done=all_done, sample_keys_B=keys)
     finally:
         model.train(was_training)
     return Rollout(tokens_B_T=out.tokens_B_T, mask_B_T=out.mask_B_T, logprobs_B_T=out.logprobs_B_T,

@@ -52,7 +52,9 @@ def reference_rollout(batch: dict, pad_token_id: int, device) -> Rollout:
 
 @torch.no_grad()
 def collect(student, processor, teacher, batches: list[dict], opd: OPDConfig, on_policy: bool,
-            generator: torch.Generator, device, all_done=None) -> list[MicroBatch]:
+            generator: torch.Generator, device, all_done=None, sample_seed: int | None = None) -> list[MicroBatch]:
+    """`sample_seed` (this step's): each clip's sampled rollouts are keyed by it and the clip's id, so
+    they do not depend on how the step is split into micro-batches or processes."""
     out = []
     for batch in batches:
         if not batch["size"]:
@@ -63,7 +65,7 @@ def collect(student, processor, teacher, batches: list[dict], opd: OPDConfig, on
             ro = rollout(student, processor, batch, n_samples=opd.n_samples, max_new_tokens=opd.max_new_tokens,
                          do_sample=opd.do_sample, temperature=opd.sample_temperature, top_p=opd.top_p,
                          generator=generator, topk=opd.k if opd.loss == "union_topk_kl" else None,
-                         all_done=all_done)
+                         all_done=all_done, sample_seed=sample_seed)
         else:
             ro = reference_rollout(batch, processor.pad_token_id, device)
         extra = ro.student_topk_ids_B_T_K
