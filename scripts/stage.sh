@@ -16,6 +16,10 @@ stage() {
 # toy_corpus: the 19-language toy corpus in $DATA (cached by its recipe) and the split of its
 # training audio into a labelled half and an unlabelled pool, as one timed stage.
 toy_corpus() {
+  # A corpus made by an earlier version of the recipe (or other arguments) is rebuilt, and split again.
+  if [ -e "$DATA/train_pool.jsonl" ] && ! "$PY" data_recipes/toy_tts/prepare.py --out "$DATA" --seed 0 --check; then
+    rm -f "$DATA/train_pool.jsonl"
+  fi
   stage corpus "$DATA/train_pool.jsonl" bash -c "'$PY' data_recipes/toy_tts/prepare.py --out $DATA --seed 0 \
     && '$PY' data_recipes/toy_tts/split.py --corpus $DATA --labelled-share 0.5"
 }

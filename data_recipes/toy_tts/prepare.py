@@ -3,7 +3,7 @@
     python data_recipes/toy_tts/prepare.py --out data/toy_tts --seed 0
     python data_recipes/toy_tts/prepare.py --out DIR --seed N [--languages zh,en,...] \
         [--train-per-language 600] [--unlabelled-per-language 100] [--dev-per-language 25] \
-        [--test-per-language 25] [--train-scale zh=4,ja=2] [--workers 2]
+        [--test-per-language 25] [--train-scale zh=4,ja=2] [--workers 2] [--check]
 
 Most utterances are random sequences of 2-6 words drawn from a small per-language lexicon (the
 300 most frequent words), so a model cannot pass by memorising text; ~10% are real sentences
@@ -284,6 +284,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--lexicon-size", type=int, default=lx.LEXICON_SIZE, help="words per language lexicon")
     p.add_argument("--workers", type=int, default=2, help="synthesis processes (does not change the output)")
+    p.add_argument("--check", action="store_true",
+                   help="build nothing: exit 0 if --out holds this exact build, complete, else 1")
     return p.parse_args(argv)
 
 
@@ -325,6 +327,10 @@ def main(argv: list[str] | None = None) -> Path:
         "lexicon_size": args.lexicon_size,
         "versions": versions(),
     }
+    if args.check:
+        current = _is_up_to_date(out, config)
+        print(f"{out}: {'up to date' if current else 'missing, incomplete or made with other arguments or recipe'}")
+        raise SystemExit(0 if current else 1)
     if _is_up_to_date(out, config):
         print(f"{out}: corpus is up to date (seed {args.seed}); nothing to do")
         print(_summary(_read_rows(out), languages))

@@ -164,6 +164,19 @@ def test_second_run_is_cached(corpus, monkeypatch, capsys):
     assert {p: p.stat().st_mtime_ns for p in corpus.rglob("*") if p.is_file()} == before
 
 
+def test_check_says_whether_the_build_is_current_and_writes_nothing(corpus, tmp_path):
+    before = {p: p.stat().st_mtime_ns for p in corpus.rglob("*") if p.is_file()}
+    with pytest.raises(SystemExit) as same:
+        prepare.main(args(corpus) + ["--check"])
+    with pytest.raises(SystemExit) as other:
+        prepare.main(args(corpus, train=5) + ["--check"])
+    with pytest.raises(SystemExit) as missing:
+        prepare.main(args(tmp_path / "none") + ["--check"])
+    assert (same.value.code, other.value.code, missing.value.code) == (0, 1, 1)
+    assert {p: p.stat().st_mtime_ns for p in corpus.rglob("*") if p.is_file()} == before
+    assert not (tmp_path / "none").exists()
+
+
 def test_interrupted_build_is_redone(corpus, tmp_path, monkeypatch):
     out = tmp_path / "killed"
     real = synth.synthesise
