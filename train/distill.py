@@ -115,7 +115,7 @@ def main(cfg: DistillConfig) -> dict:
         on_policy = torch.rand((), generator=generator, device=generator.device).item() < cfg.opd.on_policy_fraction
         batches = next_batches(data, cfg.optim.grad_accum, skipped)
         micro = collect(accelerator.unwrap_model(student), processor, teacher, batches, cfg.opd, on_policy,
-                        generator, accelerator.device, all_done, sample_seed=step_seed)
+                        step_seed, accelerator.device, all_done)
         rolled = time.perf_counter()
         if kill_at and step == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)

@@ -8,8 +8,8 @@
 Most utterances are random sequences of 2-6 words drawn from a small per-language lexicon (the
 300 most frequent words), so a model cannot pass by memorising text; ~10% are real sentences
 (Django's translated UI strings). Chinese and Japanese get more training utterances than the
-rest (--train-scale, default zh x4, ja x2): see TRAIN_SCALE. Each utterance gets its own espeak-ng voice variant, speaking
-rate and pitch. Writes DIR/{train,unlabelled,dev,test}.jsonl, audio under
+rest (--train-scale, default zh x4, ja x2; see TRAIN_SCALE). Each utterance gets its own espeak-ng
+voice variant, speaking rate and pitch. Writes DIR/{train,unlabelled,dev,test}.jsonl, audio under
 DIR/audio/<split>/<lang>/<id>.flac (16 kHz mono FLAC) and DIR/BUILD.json, whose done marker is
 written last: a second run with the same arguments returns at once, a killed build is redone.
 Same seed and arguments -> byte-identical manifests and identical audio. See README.md.
@@ -41,10 +41,11 @@ SPLITS = ("train", "unlabelled", "dev", "test")
 EVAL_SPLITS = ("dev", "test")  # drawn from the reserved sentence fifth (lexicon.is_eval_sentence)
 DRAW_ORDER = ("test", "dev", "train", "unlabelled")  # test first: it does not depend on the other sizes
 DEFAULT_SIZES = {"train": 600, "unlabelled": 100, "dev": 25, "test": 25}  # utterances per language
-# Training utterances per language = train size x this factor. Each Hanzi is a syllable whose
-# tone and word decide the character: 432 distinct characters in 600 clips (~5 clips each) left
-# the toy teacher at 72% dev CER in Chinese after 4,000 updates while every alphabetic language
-# and Korean were at 3-23%; Japanese (kana) was at 38%. More clips of those two, nothing else.
+# Training utterances per language = train size x this factor. With 600 clips (432 distinct
+# characters, ~5 clips each) the toy teacher was at 72% dev CER in Chinese after 4,000 updates,
+# its errors acoustic (5 of 115 substituted characters share the reference's syllable), while
+# every alphabetic language and Korean were at 3-23%; Japanese (kana) was at 38%. More clips of
+# those two, nothing else.
 TRAIN_SCALE = {"zh": 4, "ja": 2}
 SENTENCE_SHARE = 0.1  # share of real sentences in each split; the rest are random word sequences
 WORDS_PER_UTTERANCE = (2, 6)
@@ -293,11 +294,11 @@ def parse_train_scale(spec: str) -> dict[str, int]:
     """"zh=4,ja=2" -> {"zh": 4, "ja": 2}; "" -> {}. Names the bad entry otherwise."""
     scale: dict[str, int] = {}
     for item in filter(None, (x.strip() for x in spec.split(","))):
-        lang, sep, factor = item.partition("=")
-        if not sep or lang.strip() not in lx.LANGUAGES or not factor.strip().isdigit() or int(factor) < 1:
+        lang, sep, factor = (part.strip() for part in item.partition("="))
+        if not sep or lang not in lx.LANGUAGES or not factor.isdigit() or int(factor) < 1:
             raise SystemExit(f"--train-scale: bad entry {item!r}; expected LANG=K with LANG in "
                              f"{','.join(lx.LANGUAGES)} and K a whole number >= 1")
-        scale[lang.strip()] = int(factor)
+        scale[lang] = int(factor)
     return scale
 
 

@@ -51,8 +51,8 @@ def reference_rollout(batch: dict, pad_token_id: int, device) -> Rollout:
 
 
 @torch.no_grad()
-def collect(student, processor, teacher, batches: list[dict], opd: OPDConfig, on_policy: bool,
-            generator: torch.Generator, device, all_done=None, sample_seed: int | None = None) -> list[MicroBatch]:
+def collect(student, processor, teacher, batches: list[dict], opd: OPDConfig, on_policy: bool, sample_seed: int,
+            device, all_done=None) -> list[MicroBatch]:
     """`sample_seed` (this step's): each clip's sampled rollouts are keyed by it and the clip's id, so
     they do not depend on how the step is split into micro-batches or processes."""
     out = []
@@ -64,8 +64,8 @@ def collect(student, processor, teacher, batches: list[dict], opd: OPDConfig, on
         if use_policy:
             ro = rollout(student, processor, batch, n_samples=opd.n_samples, max_new_tokens=opd.max_new_tokens,
                          do_sample=opd.do_sample, temperature=opd.sample_temperature, top_p=opd.top_p,
-                         generator=generator, topk=opd.k if opd.loss == "union_topk_kl" else None,
-                         all_done=all_done, sample_seed=sample_seed)
+                         topk=opd.k if opd.loss == "union_topk_kl" else None, all_done=all_done,
+                         sample_seed=sample_seed)
         else:
             ro = reference_rollout(batch, processor.pad_token_id, device)
         extra = ro.student_topk_ids_B_T_K
