@@ -152,8 +152,13 @@ def test_bad_train_scale_is_refused_by_name(spec, tmp_path):
     assert prepare.parse_train_scale("") == {} and prepare.parse_train_scale("zh=4, ja=2") == {"zh": 4, "ja": 2}
 
 
+def mtimes(folder: Path) -> dict[Path, int]:
+    """Every file under `folder` with its modification time, to show a call wrote nothing."""
+    return {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+
+
 def test_second_run_is_cached(corpus, monkeypatch, capsys):
-    before = {p: p.stat().st_mtime_ns for p in corpus.rglob("*") if p.is_file()}
+    before = mtimes(corpus)
 
     def boom(job):
         raise AssertionError("synthesised although the corpus was up to date")
@@ -161,11 +166,11 @@ def test_second_run_is_cached(corpus, monkeypatch, capsys):
     monkeypatch.setattr(synth, "synthesise", boom)
     prepare.main(args(corpus, workers=1))  # --workers does not change the output, so not the cache key
     assert "up to date" in capsys.readouterr().out
-    assert {p: p.stat().st_mtime_ns for p in corpus.rglob("*") if p.is_file()} == before
+    assert mtimes(corpus) == before
 
 
 def test_check_says_whether_the_build_is_current_and_writes_nothing(corpus, tmp_path):
-    before = {p: p.stat().st_mtime_ns for p in corpus.rglob("*") if p.is_file()}
+    before = mtimes(corpus)
     with pytest.raises(SystemExit) as same:
         prepare.main(args(corpus) + ["--check"])
     with pytest.raises(SystemExit) as other:
@@ -173,7 +178,7 @@ def test_check_says_whether_the_build_is_current_and_writes_nothing(corpus, tmp_
     with pytest.raises(SystemExit) as missing:
         prepare.main(args(tmp_path / "none") + ["--check"])
     assert (same.value.code, other.value.code, missing.value.code) == (0, 1, 1)
-    assert {p: p.stat().st_mtime_ns for p in corpus.rglob("*") if p.is_file()} == before
+    assert mtimes(corpus) == before
     assert not (tmp_path / "none").exists()
 
 
