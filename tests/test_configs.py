@@ -36,3 +36,18 @@ def test_config_validates(path):
     assert first.startswith("#"), f"{path}: should open with a comment saying what it is and how to run it"
     opening = path.read_text().split("\n\n")[0]
     assert "python " in opening or "accelerate launch" in opening, f"{path}: the opening comment gives the command"
+
+
+ACCELERATE_YAML = sorted((ROOT / "configs" / "accelerate").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", ACCELERATE_YAML, ids=lambda p: p.name)
+def test_accelerate_config_loads_and_is_exercised(path):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    from tests.test_backends import BACKENDS
+
+    config = load_config_from_file(str(path))
+    assert config.num_processes == 2  # runs as it is on two CPU processes (tests/test_backends.py)
+    assert path.read_text().startswith("#") and "accelerate launch" in path.read_text().split("\n\n")[0]
+    assert path.stem in BACKENDS, f"{path}: tests/test_backends.py does not run this backend"

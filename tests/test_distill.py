@@ -1,9 +1,9 @@
-"""train/distill.py end to end on tiny models: run folder, accumulation invariance, resume after SIGKILL, DDP."""
+"""train/distill.py end to end on tiny models: run folder, accumulation invariance, resume after SIGKILL.
+The backends (DDP, ZeRO-2/3, FSDP2) are compared in tests/test_backends.py."""
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.data.audio_files import sine, write
+from tests.launch import run
 from train.config import ConfigError
 from train.distill import main, parse_args
 
@@ -93,15 +94,15 @@ def test_batch_8_x_accum_1_equals_batch_2_x_accum_4(tmp_path, tokenizer, loss, c
     train = _manifest(tmp_path / "data", 8, seconds=lambda i: 1.0)
     dev = _manifest(tmp_path / "data", 2, name="dev.jsonl")
     common = {"max_steps": 1, "opd.loss": loss, "data.max_batch_seconds": 100.0, "checkpoint.every": 1,
-              "opd.ce_weight": ce_weight, "opd.do_sample": do_sample}
+              "opd.ce_weight": ce_weight, "opd.do_sample": do_sample, "optim.eps": 1e-6}
     main(parse_args(_overrides(tmp_path / "a", train, dev, **common, **{"data.max_batch_size": 8})))
     main(parse_args(_overrides(tmp_path / "b", train, dev, **common, **{"data.max_batch_size": 2,
                                                                          "optim.grad_accum": 4})))
     a, b = _final_params(tmp_path / "a" / "run"), _final_params(tmp_path / "b" / "run")
     for key in a:
-        # float32 sums in another order, through Adam's per-element normalisation (which turns ~1e-9 gradient
-        # noise on near-zero gradients into visible update noise): equal to 1 % of one lr=1e-3 step, which
-        # moves every weight by about lr (another sample or a per-micro-batch mean moves them by ~1e-3)
+        # float32 sums in another order: equal to 1 % of one lr=1e-3 step, which moves every weight by about lr
+        # (another sample or a per-micro-batch mean moves them by ~1e-3). optim.eps=1e-6 keeps Adam from turning
+        # ~1e-9 gradient noise on near-zero gradients into update noise (g / (|g| + eps) is linear there).
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-5)
     # ... and the step did something: the adapter moved away from its (seeded) initial weights
     from tests.conftest import tiny_config
@@ -121,10 +122,8 @@ def test_batch_8_x_accum_1_equals_batch_2_x_accum_4(tmp_path, tokenizer, loss, c
         assert not torch.allclose(a[key], _final_params(tmp_path / "c" / "run")[key])
 
 
-def _run(args: list[str], env_extra: dict | None = None, launcher: list[str] | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env_extra or {})}
-    cmd = (launcher or [sys.executable]) + [str(ROOT / "train" / "distill.py")] + args
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+def _run(args: list[str], env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    return run([sys.executable, str(ROOT / "train" / "distill.py")] + args, env_extra)
 
 
 @pytest.mark.slow
@@ -141,16 +140,6 @@ def test_sigkill_mid_step_then_resume_ends_bitwise_equal(tmp_path, data, tokeniz
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.slow
-def test_two_process_ddp_keeps_ranks_identical(tmp_path, data, tokenizer):
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    out = _run(_overrides(tmp_path, *data, max_steps=2), launcher=launcher)
-    assert out.returncode == 0, out.stderr[-3000:]
-    digests = json.loads((tmp_path / "run" / "final" / "rank_digests.json").read_text())
-    assert len(digests) == 2 and len(set(digests)) == 1
-
-
 def test_zero3_with_tied_embeddings_is_refused():
     from types import SimpleNamespace
 
@@ -164,32 +153,6 @@ def test_zero3_with_tied_embeddings_is_refused():
         refuse_zero3_with_tied_embeddings(zero3, tied)
     refuse_zero3_with_tied_embeddings(zero3, untied)
     refuse_zero3_with_tied_embeddings(zero2, tied)
-
-
-@pytest.mark.slow
-def test_deepspeed_zero2_and_zero3_train_and_agree(tmp_path, data, tokenizer):
-    untied = tmp_path / "tiny_untied.yaml"
-    untied.write_text((ROOT / "configs/models/tiny.yaml").read_text().replace(
-        "  max_position_embeddings: 4096", "  max_position_embeddings: 4096\n  tie_word_embeddings: false"))
-    finals = {}
-    for stage in (2, 3):
-        launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                    str(ROOT / "configs" / "accelerate" / f"zero{stage}.yaml")]
-        out = _run(_overrides(tmp_path / f"z{stage}", *data, max_steps=2, **{"eval.every": 1,
-                                                                               "student.model": untied}),
-                   launcher=launcher,
-                   env_extra={"TORCH_EXTENSIONS_DIR": str(Path.home() / ".cache" / "torch_extensions")})
-        assert out.returncode == 0, out.stderr[-3000:]
-        assert "DeepSpeed" in out.stdout + out.stderr  # the engine really ran
-        digests = json.loads((tmp_path / f"z{stage}" / "run" / "final" / "rank_digests.json").read_text())
-        if stage == 2:
-            assert len(set(digests)) == 1  # replicated parameters agree across ranks
-        finals[stage] = _final_params(tmp_path / f"z{stage}" / "run")
-    # ZeRO-3 partitions the weights; rollouts, teacher scoring and dev decoding must still gather them
-    # right, so both stages end at the same parameters.
-    assert finals[2].keys() == finals[3].keys()
-    for key in finals[2]:
-        torch.testing.assert_close(finals[3][key], finals[2][key], rtol=1e-4, atol=1e-5)
 
 
 def test_nonfinite_losses_skip_steps_then_stop_with_the_checkpoint_intact(tmp_path, data, tokenizer, monkeypatch):

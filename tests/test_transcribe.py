@@ -1,17 +1,22 @@
-"""train/transcribe.py: pseudo-labelled manifests keep fields, move references, and apply each filter."""
+"""train/transcribe.py: pseudo-labelled manifests keep fields, move references, apply each filter, stream in
+flat memory, resume after a kill to the same bytes, refuse changed settings, and merge shards."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from tests.data.audio_files import sine, write
 from train.data.manifest import read_manifest
-from train.transcribe import compression_ratio, main, pseudo_label
+from train.transcribe import RunMismatch, compression_ratio, main, pseudo_label
 
 HYPS = {
     "keep": "guten morgen zusammen",
@@ -107,3 +112,198 @@ def test_qwen3_asr_transcriber_on_a_tiny_model():
     assert prompt.endswith("<|im_start|>assistant\nlanguage German<asr_text>")
     texts = transcriber.transcribe([sine(300, 1.0), sine(500, 0.6)], ["de", "hr"])  # hr: no forced language
     assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
+
+
+# ---- streaming, resume, shards ------------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class EchoTranscriber:
+    """Deterministic text from the clip's samples; every third clip (by length) comes back empty."""
+
+    name: str = "echo-model"
+    device: torch.device = torch.device("cpu")
+    calls: int = 0
+    fail_at_call: int | None = None  # raise on this call: a crash mid-run, in-process
+
+    def transcribe(self, audios, languages):
+        self.calls += 1
+        if self.calls == self.fail_at_call:
+            raise RuntimeError("scripted crash")
+        return ["" if len(a) % 3 == 0 else f"clip {len(a)} {float(np.abs(a).sum()):.2f}" for a in audios]
+
+
+def main_with_echo(argv: list[str]) -> dict:
+    """train/transcribe.py's main with the echo transcriber in place of a checkpoint (for subprocesses)."""
+    import train.transcribe as transcribe
+
+    transcribe.load_transcriber = lambda *args: EchoTranscriber()
+    return transcribe.main(argv)
+
+
+def _pool(folder: Path, count: int, seconds=lambda i: 0.2 + 0.01 * (i % 37), missing=()) -> Path:
+    """A manifest of `count` short tones (lengths vary, not sorted by duration); `missing` indices have no file."""
+    rows = []
+    for i in range(count):
+        audio = folder / "audio" / f"{i}.wav"
+        if i not in missing:
+            write(audio, sine(150 + 7 * i, seconds(i)))
+        rows.append({"id": f"u{i}", "audio": f"audio/{i}.wav", "language": "de", "duration": seconds(i)})
+    path = folder / "pool.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _cli(manifest: Path, out: Path, *extra: str) -> list[str]:
+    return ["--model", "echo", "--manifest", str(manifest), "--out", str(out), "--chunk-size", "8",
+            "--batch-size", "4", "--num-workers", "0", "--drop-empty", "--device", "cpu", *extra]
+
+
+def _records(out: Path) -> list[dict]:
+    return [json.loads(x) for x in (out.parent / (out.name + ".progress")).read_text().splitlines()]
+
+
+def test_peak_memory_does_not_grow_with_the_manifest(tmp_path):
+    import tracemalloc
+
+    big = _pool(tmp_path, 200, seconds=lambda i: 2.0 + 0.01 * (i % 7))
+    small = tmp_path / "small.jsonl"
+    small.write_text("".join(big.read_text().splitlines(keepends=True)[:40]))
+    peaks = {}
+    for manifest in (small, big):
+        tracemalloc.start()  # numpy's buffers are traced, so decoded audio counts
+        report = pseudo_label(EchoTranscriber(), str(manifest), tmp_path / f"{manifest.stem}.out.jsonl",
+                              batch_size=8, chunk_size=16)
+        peaks[manifest.stem] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert sum(report["dropped"].values()) + report["written"] == len(read_manifest(manifest))
+    all_audio_bytes = 200 * 2.0 * 16000 * 4  # float32 samples of every clip: what whole-manifest decoding holds
+    assert peaks["pool"] < 1.5 * peaks["small"], peaks
+    assert peaks["pool"] < all_audio_bytes / 4, peaks
+
+
+def _run_cli(args: list[str], env: dict) -> subprocess.CompletedProcess:
+    code = "import sys; from tests.test_transcribe import main_with_echo; main_with_echo(sys.argv[1:])"
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **env})
+
+
+def test_killed_runs_resume_to_the_same_bytes(tmp_path, monkeypatch):
+    import train.transcribe as transcribe
+
+    manifest = _pool(tmp_path, 60, missing={7, 41})
+    monkeypatch.setattr(transcribe, "load_transcriber", lambda *args: EchoTranscriber())
+    straight = transcribe.main(_cli(manifest, tmp_path / "straight.jsonl"))
+    out = tmp_path / "killed.jsonl"
+    partial, progress = tmp_path / "killed.jsonl.partial", tmp_path / "killed.jsonl.progress"
+
+    # killed after chunk 3's lines reached OUT.partial, before its record: chunk 3 must be redone, not doubled
+    killed = _run_cli(_cli(manifest, out), {"ARK_OPD_KILL_BEFORE_RECORD": "3"})
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    chunks = [r for r in _records(out) if "chunk" in r]
+    assert [c["chunk"] for c in chunks] == [1, 2] and not out.exists()
+    assert partial.stat().st_size > chunks[-1]["bytes"]
+    # the rerun goes on, and is killed again right after recording chunk 5
+    killed = _run_cli(_cli(manifest, out), {"ARK_OPD_KILL_AFTER_CHUNKS": "5"})
+    assert killed.returncode == -9 and "resuming" in killed.stderr, killed.stderr[-2000:]
+    chunks = [r for r in _records(out) if "chunk" in r]
+    assert [c["chunk"] for c in chunks] == [1, 2, 3, 4, 5] and partial.stat().st_size == chunks[-1]["bytes"]
+    # kills mid-write leave torn lines in both files
+    with open(partial, "ab") as f:
+        f.write(b'{"id": "u99", "audio": "au')
+    with open(progress, "ab") as f:
+        f.write(b'{"chunk": 6, "indi')
+
+    resumed = transcribe.main(_cli(manifest, out))
+    assert out.read_bytes() == (tmp_path / "straight.jsonl").read_bytes()
+    assert {k: resumed[k] for k in ("written", "dropped", "skipped", "audio_seconds")} == \
+        {k: straight[k] for k in ("written", "dropped", "skipped", "audio_seconds")}
+    assert resumed["skipped"] == {"missing": 2} and resumed["dropped"]["empty"] > 0 and resumed["written"] > 30
+    ids = [int(json.loads(x)["id"][1:]) for x in out.read_text().splitlines()]
+    assert ids == sorted(ids)  # input-manifest order, although clips were transcribed in duration order
+    done = [i for r in _records(out) if "chunk" in r for i in r["indices"]]
+    assert sorted(done) == list(range(60)) and not partial.exists() and not (tmp_path / "killed.jsonl.lock").exists()
+
+
+def test_changed_settings_refuse_overwrite_restarts_complete_reruns_nothing(tmp_path, monkeypatch):
+    import train.transcribe as transcribe
+    from train.pseudo_label import exclusive
+
+    manifest = _pool(tmp_path, 12)
+    out = tmp_path / "out.jsonl"
+    first = pseudo_label(EchoTranscriber(), str(manifest), out, batch_size=4, chunk_size=5)
+    written, progress = out.read_bytes(), (tmp_path / "out.jsonl.progress").read_bytes()
+
+    again = EchoTranscriber()
+    assert pseudo_label(again, str(manifest), out, batch_size=2, chunk_size=3) == first
+    assert again.calls == 0 and out.read_bytes() == written
+    assert (tmp_path / "out.jsonl.progress").read_bytes() == progress
+
+    with pytest.raises(RunMismatch, match=r"out\.jsonl\.progress.*drop_empty.*--overwrite"):
+        pseudo_label(EchoTranscriber(), str(manifest), out, drop_empty=True)
+    with pytest.raises(RunMismatch, match="model"):
+        pseudo_label(EchoTranscriber(name="another-model"), str(manifest), out)
+    monkeypatch.setattr(transcribe, "load_transcriber", lambda *args: EchoTranscriber())
+    with pytest.raises(SystemExit, match=r"out\.jsonl\.progress.*--overwrite"):  # the CLI also decodes differently
+        transcribe.main(["--model", "echo", "--manifest", str(manifest), "--out", str(out), "--device", "cpu"])
+    with manifest.open("a") as f:
+        f.write(manifest.read_text().splitlines(keepends=True)[0])
+    with pytest.raises(RunMismatch, match="fingerprint"):
+        pseudo_label(EchoTranscriber(), str(manifest), out)
+
+    redone = pseudo_label(EchoTranscriber(), str(manifest), out, drop_empty=True, overwrite=True)
+    assert redone["dropped"]["empty"] > 0 and redone["written"] + redone["dropped"]["empty"] == 13
+    assert len(out.read_text().splitlines()) == redone["written"]
+    stranger = tmp_path / "stranger.jsonl"
+    stranger.write_text("{}\n")
+    with pytest.raises(RunMismatch, match="no progress file"):
+        pseudo_label(EchoTranscriber(), str(manifest), stranger)
+    with exclusive(out), pytest.raises(RunMismatch, match="another process is writing"):
+        pseudo_label(EchoTranscriber(), str(manifest), out, drop_empty=True)
+
+
+def test_three_shards_merge_to_the_unsharded_output(tmp_path):
+    from train.pseudo_label import merge_shards
+
+    manifest = _pool(tmp_path, 31, missing={4})
+    whole = pseudo_label(EchoTranscriber(), str(manifest), tmp_path / "whole.jsonl", batch_size=4, chunk_size=4,
+                         drop_empty=True, num_workers=2)
+    out = tmp_path / "sharded.jsonl"
+    for i in (0, 1):
+        pseudo_label(EchoTranscriber(), str(manifest), out, batch_size=4, chunk_size=4, drop_empty=True, shard=(i, 3))
+    with pytest.raises(RuntimeError, match="scripted crash"):
+        pseudo_label(EchoTranscriber(fail_at_call=2), str(manifest), out, batch_size=4, chunk_size=4,
+                     drop_empty=True, shard=(2, 3))
+    with pytest.raises(RunMismatch, match=r"shard 2/3 \(.*sharded\.shard-2-of-3\.jsonl\): not complete") as err:
+        merge_shards(out, 3)
+    assert "shard 0/3" not in str(err.value) and not out.exists()
+
+    pseudo_label(EchoTranscriber(), str(manifest), out, batch_size=4, chunk_size=4, drop_empty=True, shard=(2, 3))
+    merged = merge_shards(out, 3)
+    assert out.read_bytes() == (tmp_path / "whole.jsonl").read_bytes() and merged["written"] > 10
+    assert {k: merged[k] for k in ("written", "dropped", "skipped")} == \
+        {k: whole[k] for k in ("written", "dropped", "skipped")}
+    durations = [u.duration for u in read_manifest(manifest)]
+    totals = [sum(durations[i] for r in _records(tmp_path / f"sharded.shard-{s}-of-3.jsonl") if "chunk" in r
+                  for i in r["indices"]) for s in range(3)]
+    assert max(totals) - min(totals) <= max(durations)  # every third of the duration order: balanced
+
+
+def test_launchers_choose_the_shard_and_device(monkeypatch):
+    from train.transcribe import parse_args
+
+    argv = ["--model", "m", "--manifest", "in.jsonl", "--out", "out.jsonl"]
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    args = parse_args(argv)
+    assert args.shard == (2, 4) and args.device == "cuda:1"
+    assert parse_args([*argv, "--shard", "0/3", "--device", "cpu"]).shard == (0, 3)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert parse_args(argv).shard == (0, 1)
+    with pytest.raises(SystemExit):
+        parse_args([*argv, "--shard", "3/3"])
+    assert parse_args(["--merge", "--out", "out.jsonl", "--shards", "3"]).merge

@@ -208,6 +208,10 @@ class DataConfig:
         SourceConfig(path=f"data/fleurs/dev/{code}.jsonl") for code in DEV_LANGUAGES])
     max_batch_seconds: float = 240.0  # padded audio per batch: count x longest clip
     max_batch_size: Optional[int] = None
+    # Padded tokens per batch: count x longest (prompt incl. audio placeholders + new tokens). New
+    # tokens are the transcript's in supervised stages, opd.max_new_tokens x opd.n_samples in OPD.
+    # Memory grows with tokens, not seconds: 120 two-second clips fit 240 s but make 120 rollouts.
+    max_batch_tokens: Optional[int] = None
     min_seconds: float = 0.1
     max_seconds: float = 30.0
     num_workers: int = 2
@@ -218,6 +222,8 @@ class DataConfig:
         _require(self.max_batch_seconds > 0, "data.max_batch_seconds", f"must be > 0, got {self.max_batch_seconds}")
         _require(self.max_batch_size is None or self.max_batch_size >= 1, "data.max_batch_size",
                  f"must be >= 1, got {self.max_batch_size}")
+        _require(self.max_batch_tokens is None or self.max_batch_tokens >= 1, "data.max_batch_tokens",
+                 f"must be >= 1, got {self.max_batch_tokens}")
         _require(0 <= self.min_seconds < self.max_seconds, "data.min_seconds",
                  f"must be in [0, data.max_seconds={self.max_seconds}), got {self.min_seconds}")
         _require(self.num_workers >= 0, "data.num_workers", f"must be >= 0, got {self.num_workers}")
@@ -271,10 +277,22 @@ def config_to_yaml(cfg) -> str:
 
 @dataclass
 class StudentConfig:
-    """The student: a model config (shape, trainable parts, LoRA), optionally started from a checkpoint."""
+    """The student: a model config (shape, trainable parts, LoRA), and where its weights start from:
+    a whole checkpoint, or the parts (decoder from a causal LM, encoder + adapter from an ASR model)."""
 
     model: str = "configs/models/tiny.yaml"
     checkpoint: Optional[str] = None  # weights to start from (ark-opd / GlmAsr / ARK dir); shape from there
+    init_decoder_from: Optional[str] = None  # a Qwen2/Qwen3 causal-LM dir (overrides the model config's)
+    init_encoder_from: Optional[str] = None  # a GlmAsr / ARK / ark-opd dir for encoder + adapter (likewise)
+    # A frozen part left at random weights learns nothing and ruins everything after it; refused unless
+    # asked for (tests, and demos that distil into a random student on purpose).
+    allow_random_frozen: bool = False
+    gradient_checkpointing: bool = False  # recompute layer activations in the backward pass (less memory)
+
+    def __post_init__(self):
+        for key in ("init_decoder_from", "init_encoder_from"):
+            _require(not (self.checkpoint and getattr(self, key)), f"student.{key}",
+                     "cannot be combined with student.checkpoint (a whole checkpoint already holds every part)")
 
 
 @dataclass
@@ -289,6 +307,8 @@ class TeacherConfig:
     dtype: Optional[str] = None  # default: as saved
     language_prompt: bool = False
     max_unmapped: float = 0.05  # refuse to distil if more of the student's tokens have no teacher token
+    # Rollout rows per teacher forward: its full-vocabulary logits are rows x tokens x vocabulary.
+    score_chunk_rows: Optional[int] = None  # None: all rows of a micro-batch at once
 
     def __post_init__(self):
         _require(self.kind in ("same_family", "qwen3_asr"), "teacher.kind",
@@ -297,6 +317,8 @@ class TeacherConfig:
                  "give a checkpoint (or a model config for a random teacher)")
         _require(self.kind == "same_family" or self.checkpoint is not None, "teacher.checkpoint",
                  "a qwen3_asr teacher needs a checkpoint")
+        _require(self.score_chunk_rows is None or self.score_chunk_rows >= 1, "teacher.score_chunk_rows",
+                 f"must be >= 1, got {self.score_chunk_rows}")
 
 
 @dataclass
@@ -313,7 +335,9 @@ class OPDConfig:
     sample_temperature: float = 1.0
     top_p: float = 1.0
     ce_weight: float = 0.0  # + weight x cross-entropy on reference transcripts, where the batch has them
-    on_policy_fraction: float = 1.0  # GKD's lambda: share of steps on student samples vs reference transcripts
+    # GKD's lambda: share of steps on student samples vs reference transcripts (one coin per step, the
+    # same on every rank)
+    on_policy_fraction: float = 1.0
 
     def __post_init__(self):
         _require(self.loss in ("union_topk_kl", "jsd", "reverse_kl"), "opd.loss",
@@ -337,27 +361,38 @@ class OPDConfig:
 
 @dataclass
 class OptimConfig:
+    """AdamW on the trained parts (float32 masters), its schedule (one step per optimizer update, on
+    every backend), clipping, and how many micro-batches make one update."""
+
     lr: float = 1e-4
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     schedule: str = "constant"  # constant | cosine (both after linear warm-up)
     warmup_steps: int = 0
-    min_lr_ratio: float = 0.0  # cosine floor, as a fraction of lr
-    grad_clip: float = 1.0  # 0 = off
-    grad_accum: int = 1
+    min_lr_ratio: float = 0.0  # cosine only: the lr the cosine ends at, as a fraction of lr
+    grad_clip: float = 1.0  # max global gradient norm (every backend, DeepSpeed included); 0 = off
+    grad_accum: int = 1  # micro-batches per optimizer update (per process)
+    # Positions whose full-vocabulary logits exist at once in the student's loss, forward and backward
+    # (each chunk's logits are recomputed in the backward pass): bounds the B x T x V tensors.
+    logits_chunk: int = 4096
 
     def __post_init__(self):
         _require(self.lr > 0, "optim.lr", f"must be > 0, got {self.lr}")
         _require(self.schedule in ("constant", "cosine"), "optim.schedule",
                  f"must be constant or cosine, got {self.schedule!r}")
+        _require(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
+        _require(self.min_lr_ratio == 0 or self.schedule == "cosine", "optim.min_lr_ratio",
+                 f"is the floor of the cosine schedule; optim.schedule is {self.schedule!r}")
+        _require(self.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        _require(self.grad_clip >= 0, "optim.grad_clip", f"must be >= 0 (0 = off), got {self.grad_clip}")
         _require(self.grad_accum >= 1, "optim.grad_accum", f"must be >= 1, got {self.grad_accum}")
         _require(len(self.betas) == 2, "optim.betas", f"needs two values, got {self.betas}")
+        _require(self.logits_chunk >= 1, "optim.logits_chunk", f"must be >= 1, got {self.logits_chunk}")
 
 
 @dataclass
 class LogConfig:
-    every: int = 1
     wandb_mode: str = "offline"  # offline | online | disabled
     tensorboard: bool = False
     project: str = "ark-opd"
@@ -401,14 +436,18 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     max_nonfinite_in_a_row: int = 5  # NaN/inf losses skip their step; this many in a row stop the run
-    mixed_precision: str = "no"  # no | bf16 | fp16 (accelerate)
+    # Compute precision of the trained student (train/engine.py): auto = the model config's dtype
+    # (bfloat16 -> bf16); bf16 = float32 masters computed in bfloat16; no = float32 throughout.
+    mixed_precision: str = "auto"
 
     def __post_init__(self):
         _require(self.max_steps >= 1, "max_steps", f"must be >= 1, got {self.max_steps}")
         if self.mixed_precision in ("False", "false"):  # YAML 1.1 reads a bare `no` as false
             self.mixed_precision = "no"
-        _require(self.mixed_precision in ("no", "bf16", "fp16"), "mixed_precision",
-                 f"must be no, bf16 or fp16, got {self.mixed_precision!r}")
+        _require(self.mixed_precision in ("auto", "no", "bf16"), "mixed_precision",
+                 f"must be auto, no or bf16, got {self.mixed_precision!r}"
+                 + (" (fp16 training needs dynamic loss scaling, which this engine does not do: use bf16)"
+                    if self.mixed_precision == "fp16" else ""))
         _require(self.max_nonfinite_in_a_row >= 1, "max_nonfinite_in_a_row",
                  f"must be >= 1, got {self.max_nonfinite_in_a_row}")
         _require(bool(self.data.train), "data.train", "needs at least one manifest")

@@ -4,29 +4,54 @@ dev evaluation, final model, and the DeepSpeed ZeRO-3 precautions. One implement
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
+import signal
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import InitProcessGroupKwargs, gather_object
-from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
+from accelerate.utils import DistributedType, InitProcessGroupKwargs, gather_object
 
 from train.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
-from train.config import ModelConfig, RunConfig, config_to_yaml, load_config
+from train.config import ConfigError, ModelConfig, RunConfig, config_to_yaml, load_config
 from train.data.audio import AudioLimits, SkipCounter
 from train.eval.listening import ListeningProbe
 from train.eval.periodic import PeriodicEvaluator
 from train.eval.timed import StudentTranscriber
+from train.engine import resolve_mixed_precision, storage_dtype
 from train.models import build_student, configure_training, load_student, save_student
+from train.models.build import DTYPES, frozen_random_parts
 from train.models.ctc import StudentWithCTC, student_state_dict, unwrap_student
 
 TOY_DIR = "data/toy_tts"
 
 
-def make_accelerator(cfg: RunConfig) -> Accelerator:
+def student_model_config(cfg: RunConfig) -> ModelConfig:
+    """The student's model config with the run's starting points merged in, checked before any compute:
+    the directories exist, and no frozen part would start (and stay) random."""
+    model_cfg = load_config(ModelConfig, cfg.student.model)
+    s = cfg.student
+    model_cfg = dataclasses.replace(model_cfg, init_decoder_from=s.init_decoder_from or model_cfg.init_decoder_from,
+                                    init_encoder_from=s.init_encoder_from or model_cfg.init_encoder_from)
+    for key, path in (("student.checkpoint", s.checkpoint), ("student.init_decoder_from", model_cfg.init_decoder_from),
+                      ("student.init_encoder_from", model_cfg.init_encoder_from)):
+        if path and not (Path(path) / "config.json").is_file():
+            raise ConfigError(f"{key}={path}: " + ("no such directory" if not Path(path).is_dir()
+                                                   else "no config.json there (not a model directory)"))
+    random = [] if s.checkpoint else frozen_random_parts(model_cfg)
+    if random and not s.allow_random_frozen:
+        raise ConfigError(f"student: {'; '.join(random)}. A frozen part left at random weights never learns and "
+                          f"spoils what comes after it (student.model={s.model}). Set student.checkpoint, or "
+                          "student.allow_random_frozen=true if that is what you want (tests, smoke runs)")
+    for part in random:
+        print(f"warning: {part}, and student.allow_random_frozen=true keeps it so")
+    return model_cfg
+
+
+def make_accelerator(cfg: RunConfig, model_cfg: ModelConfig) -> Accelerator:
     trackers = []
     if cfg.log.wandb_mode != "disabled":
         trackers.append("wandb")
@@ -38,7 +63,8 @@ def make_accelerator(cfg: RunConfig) -> Accelerator:
     # Without a GPU, `cpu=True` makes a multi-GPU launch run on CPUs; but it would also switch
     # DeepSpeed off, which runs on CPUs by itself.
     deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
-    return Accelerator(gradient_accumulation_steps=cfg.optim.grad_accum, mixed_precision=cfg.mixed_precision,
+    # Accumulation is train/engine.py's (it syncs gradients on the last micro-batch itself).
+    return Accelerator(gradient_accumulation_steps=1, mixed_precision=resolve_mixed_precision(cfg, model_cfg),
                        log_with=trackers or None, project_dir=cfg.output_dir, kwargs_handlers=kwargs,
                        cpu=not torch.cuda.is_available() and not deepspeed)
 
@@ -90,12 +116,18 @@ def no_zero3_init(accelerator, unless_asked: bool = False):
         hf_deepspeed._hf_deepspeed_config_weak_ref = registered
 
 
-def build_student_model(cfg: RunConfig):
-    model_cfg = load_config(ModelConfig, cfg.student.model)
+def build_student_model(cfg: RunConfig, model_cfg: ModelConfig, accelerator):
+    """The student from `student.checkpoint`, or built with its parts' `init_*_from` weights, in the
+    dtype the precision policy stores it in (train/engine.py makes its trained parts float32 masters)."""
+    dtype = storage_dtype(accelerator.mixed_precision, model_cfg)
     if cfg.student.checkpoint:
-        model, processor = load_student(cfg.student.checkpoint)
-        return configure_training(model.train(), model_cfg), processor
-    model, processor = build_student(model_cfg)
+        model, processor = load_student(cfg.student.checkpoint, dtype=dtype)
+        model = configure_training(model, model_cfg)
+    else:
+        model, processor = build_student(dataclasses.replace(model_cfg, dtype=dtype))
+    if cfg.student.gradient_checkpointing:
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     return model.train(), processor
 
 
@@ -124,35 +156,17 @@ def make_evaluator(cfg: RunConfig, run_dir: Path, accelerator, processor) -> Per
     return evaluator
 
 
-def build_optimizer(cfg: RunConfig, model):
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("nothing to train: the model config freezes every part")
-    optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
-                                  weight_decay=cfg.optim.weight_decay)
-    if cfg.optim.schedule == "cosine":
-        scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.optim.warmup_steps, cfg.max_steps)
-    else:
-        scheduler = get_constant_schedule_with_warmup(optimizer, cfg.optim.warmup_steps)
-    return optimizer, scheduler
-
-
-def prepare_training(cfg: RunConfig, accelerator, student):
-    """AdamW and the LR schedule, wrapped with the student by accelerate (DDP or DeepSpeed)."""
-    optimizer, scheduler = build_optimizer(cfg, student)
-    if getattr(accelerator.state, "deepspeed_plugin", None) is not None:
-        # Batches are sized by audio seconds, not by count; DeepSpeed uses this number only for its logs.
-        accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = 1
-    return accelerator.prepare(student, optimizer, scheduler)
-
-
-def resume_run(cfg: RunConfig, accelerator, run_dir: Path, sampler, evaluator) -> tuple[int, SkipCounter]:
-    """Restore model/optimizer/scheduler/RNG, the sampler position and the evaluator's history from the
-    checkpoint `cfg.resume` names (auto: the newest complete one); (step, skip counts) to go on from."""
+def resume_run(cfg: RunConfig, accelerator, run_dir: Path, sampler, evaluator, engine) -> tuple[int, SkipCounter]:
+    """Restore model/optimizer/RNG, the schedule, the sampler position and the evaluator's history from
+    the checkpoint `cfg.resume` names (auto: the newest complete one); (step, skip counts) to go on from."""
     path = resolve_resume(cfg.resume, run_dir)
     if path is None:
         return 0, SkipCounter()
     state = load_checkpoint(accelerator, path)
+    if "engine" not in state:
+        raise ValueError(f"{path}/trainer_state.json has no 'engine' (LR schedule) entry: it was written by an "
+                         "older ark-opd; start a new output_dir, or resume=never")
+    engine.load_state_dict(state["engine"])
     sampler.load_state_dict(state["sampler"])
     evaluator.load_state_dict(state["evaluator"])
     accelerator.print(f"resumed from {path} at step {state['step']}")
@@ -173,6 +187,15 @@ def next_batches(data, count: int, skipped: SkipCounter) -> list[dict]:
     return batches
 
 
+def inject_faults(engine, accelerator, step: int) -> None:
+    """Fault injection for the tests: ARK_OPD_KILL_AT_STEP=N kills the process at step N (after its
+    rollouts, before its update); ARK_OPD_NAN_AT_STEP=N gives the last rank a NaN loss at step N."""
+    if step == int(os.environ.get("ARK_OPD_KILL_AT_STEP", "0")):
+        os.kill(os.getpid(), signal.SIGKILL)
+    engine.inject_nonfinite = step == int(os.environ.get("ARK_OPD_NAN_AT_STEP", "0")) and \
+        accelerator.process_index == accelerator.num_processes - 1
+
+
 def stop_if_nonfinite(nonfinite_run: int, cfg: RunConfig, step: int, run_dir: Path) -> None:
     """Too many non-finite steps in a row end the run; skipped steps changed no weight."""
     if nonfinite_run >= cfg.max_nonfinite_in_a_row:
@@ -180,30 +203,32 @@ def stop_if_nonfinite(nonfinite_run: int, cfg: RunConfig, step: int, run_dir: Pa
                            f"checkpoint in {run_dir / 'checkpoints'} is intact")
 
 
-def evaluate_and_checkpoint(cfg: RunConfig, accelerator, run_dir: Path, step: int, student, processor, evaluator,
+def evaluate_and_checkpoint(cfg: RunConfig, accelerator, run_dir: Path, step: int, engine, processor, evaluator,
                             sampler, last_batch, skipped: SkipCounter) -> None:
     """The dev evaluation and the checkpoint that are due after `step`."""
     if cfg.eval.every and evaluator.due(step):
-        run_dev_eval(evaluator, step, student, processor, cfg, accelerator)
+        run_dev_eval(evaluator, step, engine, processor, cfg, accelerator)
     if step % cfg.checkpoint.every == 0 or step == cfg.max_steps:
-        save_run_checkpoint(accelerator, run_dir, step, sampler, last_batch, evaluator, skipped,
+        save_run_checkpoint(accelerator, run_dir, step, engine, sampler, last_batch, evaluator, skipped,
                             cfg.checkpoint.keep_last)
 
 
-def finish_run(cfg: RunConfig, accelerator, run_dir: Path, step: int, student, processor, evaluator, log,
-               skipped: SkipCounter) -> dict:
-    """A last dev evaluation (unless the last step just had one), the final model, the skip report."""
-    final_report = run_dev_eval(evaluator, step, student, processor, cfg, accelerator) \
+def finish_run(cfg: RunConfig, accelerator, run_dir: Path, step: int, engine, processor, evaluator, log,
+               skipped: SkipCounter, model_cfg: ModelConfig) -> dict:
+    """A last dev evaluation (unless the last step just had one), the final model in the model
+    config's dtype, the skip report."""
+    final_report = run_dev_eval(evaluator, step, engine, processor, cfg, accelerator) \
         if not cfg.eval.every or not evaluator.due(step) else None
-    save_final(accelerator, student, processor, run_dir)
+    save_final(accelerator, engine.model, processor, run_dir, DTYPES[model_cfg.dtype])
     log.close()
     accelerator.print(skipped.report())
     return {"step": step, "run_dir": str(run_dir), "final_eval": final_report}
 
 
 def decoding_sync(accelerator):
-    """Under ZeRO-3 every forward gathers parameters collectively: all ranks decode until all are done."""
-    if not is_zero3(accelerator):
+    """Where parameters are sharded (ZeRO-3, FSDP) every forward gathers them collectively: all ranks
+    decode until all are done, and agree on anything that decides how many forwards they run."""
+    if not params_sharded(accelerator):
         return None
 
     def all_done(local_done: bool) -> bool:
@@ -218,8 +243,13 @@ def is_zero3(accelerator) -> bool:
     return plugin is not None and plugin.zero_stage == 3
 
 
-def run_dev_eval(evaluator, step, student, processor, cfg, accelerator) -> dict | None:
-    model = unwrap_student(accelerator.unwrap_model(student))
+def params_sharded(accelerator) -> bool:
+    """Whether each rank holds only a shard of the student's weights (DeepSpeed ZeRO-3 or FSDP)."""
+    return is_zero3(accelerator) or accelerator.distributed_type == DistributedType.FSDP
+
+
+def run_dev_eval(evaluator, step, engine, processor, cfg, accelerator) -> dict | None:
+    model = unwrap_student(accelerator.unwrap_model(engine.model))
     was_training = model.training
     model.eval()
     report = evaluator.evaluate(step, StudentTranscriber(model, processor, max_new_tokens=cfg.eval.max_new_tokens,
@@ -232,23 +262,27 @@ def run_dev_eval(evaluator, step, student, processor, cfg, accelerator) -> dict 
     return report
 
 
-def save_run_checkpoint(accelerator, run_dir: Path, step: int, sampler, last_batch, evaluator, skipped,
+def save_run_checkpoint(accelerator, run_dir: Path, step: int, engine, sampler, last_batch, evaluator, skipped,
                         keep_last: int) -> Path:
-    """Everything `resume_run` needs: the engines' state plus where the data stands after `last_batch`."""
-    return save_checkpoint(accelerator, run_dir, step, {"sampler": sampler.state_dict(after=last_batch),
+    """Everything `resume_run` needs: the engines' state (model with its float32 masters, optimizer,
+    RNG), the schedule's position, and where the data stands after `last_batch`."""
+    return save_checkpoint(accelerator, run_dir, step, {"engine": engine.state_dict(),
+                                                        "sampler": sampler.state_dict(after=last_batch),
                                                         "evaluator": evaluator.state_dict(),
                                                         "skipped": dict(skipped)}, keep_last)
 
 
-def save_final(accelerator, student, processor, run_dir: Path) -> None:
-    """The final model, and a check that data-parallel ranks ended with the same parameters.
-    A training-only CTC head (StudentWithCTC) is left out: the final model is the student alone."""
+def save_final(accelerator, student, processor, run_dir: Path, dtype: torch.dtype) -> None:
+    """The final model in `dtype` (the model config's, for deployment), and a check that data-parallel
+    ranks ended with the same parameters (compared before the cast, on the masters). A training-only
+    CTC head (StudentWithCTC) is left out: the final model is the student alone."""
     state_dict = accelerator.get_state_dict(student)  # gathers ZeRO-3 shards onto rank 0
     if isinstance(accelerator.unwrap_model(student), StudentWithCTC):
         state_dict = student_state_dict(state_dict)
     digests = gather_object([parameter_digest(state_dict)]) if accelerator.num_processes > 1 else [
         parameter_digest(state_dict)]
     if accelerator.is_main_process:
+        state_dict = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
         save_student(unwrap_student(accelerator.unwrap_model(student)), processor, run_dir / "final",
                      state_dict=state_dict)
         (run_dir / "final" / "rank_digests.json").write_text(json.dumps(digests))

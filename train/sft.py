@@ -25,6 +25,7 @@ from accelerate.utils import set_seed  # noqa: E402
 
 from train.config import SFTConfig, config_to_dict, load_config  # noqa: E402
 from train.data.loader import make_loader  # noqa: E402
+from train.engine import Engine  # noqa: E402
 from train.models.ctc import StudentWithCTC  # noqa: E402
 from train.recipe import (  # noqa: E402
     batches_forever,
@@ -32,28 +33,30 @@ from train.recipe import (  # noqa: E402
     ensure_toy_corpus,
     evaluate_and_checkpoint,
     finish_run,
+    inject_faults,
     make_accelerator,
     make_evaluator,
     next_batches,
     no_zero3_init,
     prepare_run_dir,
-    prepare_training,
     refuse_zero3_with_tied_embeddings,
     resume_run,
     stop_if_nonfinite,
+    student_model_config,
 )
 from train.run_log import RunLog  # noqa: E402
 from train.supervised import sft_update  # noqa: E402
 
 
 def main(cfg: SFTConfig) -> dict:
-    accelerator = make_accelerator(cfg)
+    model_cfg = student_model_config(cfg)  # every key and the precision checked before any compute
+    accelerator = make_accelerator(cfg, model_cfg)
     set_seed(cfg.seed)  # the same initial student on every rank
     ensure_toy_corpus(cfg, accelerator)
     run_dir = prepare_run_dir(cfg, accelerator)
 
     with no_zero3_init(accelerator, unless_asked=True):
-        student, processor = build_student_model(cfg)
+        student, processor = build_student_model(cfg, model_cfg, accelerator)
     refuse_zero3_with_tied_embeddings(accelerator, student)
     if cfg.ctc.weight > 0:  # a training-only head; save_final keeps the student alone
         student = StudentWithCTC(student, cfg.ctc.source)
@@ -61,9 +64,9 @@ def main(cfg: SFTConfig) -> dict:
                          rank=accelerator.process_index)
     sampler = loader.batch_sampler
     evaluator = make_evaluator(cfg, run_dir, accelerator, processor)
-    student, optimizer, scheduler = prepare_training(cfg, accelerator, student)
+    engine = Engine(accelerator, cfg, student)
 
-    step, skipped = resume_run(cfg, accelerator, run_dir, sampler, evaluator)
+    step, skipped = resume_run(cfg, accelerator, run_dir, sampler, evaluator, engine)
     last_batch, nonfinite_run = None, 0
     log = RunLog(accelerator, run_dir, cfg.max_steps, step, cfg.log, config_to_dict(cfg), desc="sft")
     data = batches_forever(loader)
@@ -71,16 +74,18 @@ def main(cfg: SFTConfig) -> dict:
         step += 1
         started = time.perf_counter()
         batches = next_batches(data, cfg.optim.grad_accum, skipped)
-        stats = sft_update(accelerator, student, optimizer, scheduler, batches, cfg.optim.grad_clip,
-                           ctc_weight=cfg.ctc.weight, eos_token_ids=processor.eos_token_ids)
+        inject_faults(engine, accelerator, step)
+        lr = engine.lr  # this update's
+        stats = sft_update(engine, batches, ctc_weight=cfg.ctc.weight, eos_token_ids=processor.eos_token_ids,
+                           chunk=cfg.optim.logits_chunk)
         last_batch = (batches[-1]["epoch"], batches[-1]["position"])
         nonfinite_run = nonfinite_run + 1 if stats["nonfinite"] else 0
-        log.log(step, {**stats, "lr": scheduler.get_last_lr()[0], "step_seconds": time.perf_counter() - started,
+        log.log(step, {**stats, "lr": lr, "step_seconds": time.perf_counter() - started,
                        "samples": float(sum(b["size"] for b in batches)), "skipped_files": sum(skipped.values())})
         stop_if_nonfinite(nonfinite_run, cfg, step, run_dir)
-        evaluate_and_checkpoint(cfg, accelerator, run_dir, step, student, processor, evaluator, sampler, last_batch,
+        evaluate_and_checkpoint(cfg, accelerator, run_dir, step, engine, processor, evaluator, sampler, last_batch,
                                 skipped)
-    return finish_run(cfg, accelerator, run_dir, step, student, processor, evaluator, log, skipped)
+    return finish_run(cfg, accelerator, run_dir, step, engine, processor, evaluator, log, skipped, model_cfg)
 
 
 def parse_args(argv: list[str] | None = None) -> SFTConfig:

@@ -3,12 +3,17 @@ count, plus (optionally) an auxiliary CTC loss on the audio branch in the same u
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
-from train.models.ctc import StudentWithCTC, ctc_loss_per_clip, ctc_targets, infeasible
+from train.engine import averaged_over, zero_loss
+from train.models.ctc import CTCOutput, StudentWithCTC, ctc_loss_per_clip, ctc_targets, infeasible
+from train.models.scored_head import ScoredPositions
 from train.opd.losses import token_nll
 from train.opd.reduction import global_token_count, token_mean
-from train.optimize import accumulate_and_step, averaged_over, zero_loss
+
+DEFAULT_CHUNK = 4096
 
 
 def shifted_targets(batch: dict, device) -> torch.Tensor:
@@ -16,36 +21,47 @@ def shifted_targets(batch: dict, device) -> torch.Tensor:
     return batch["labels"][:, 1:].to(device)
 
 
-def teacher_forced(model, batch: dict):
-    """The model's forward on a collated batch with transcripts (moved to the model's device and
-    dtype), and the targets that line up with `out.logits[:, :-1]` (-100 where nothing is predicted)."""
+def teacher_forced(model, batch: dict, per_token: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = token_nll,
+                   chunk: int = DEFAULT_CHUNK):
+    """The model's forward on a collated batch with transcripts, scored only where a transcript token
+    is predicted: `per_token(logits_n_V, targets_n)` there (token NLL by default), chunk by chunk.
+    Returns (values_N, targets_N), N = the batch's transcript tokens, row by row; or, for a
+    `StudentWithCTC`, (its CTCOutput with values_N as `student_out`, targets_N)."""
     param = next(model.parameters())
+    targets_B_S = shifted_targets(batch, param.device)
+    scored_B_S = targets_B_S >= 0
+    targets_N = targets_B_S[scored_B_S]
+    positions = ScoredPositions.where(scored_B_S, lambda logits, at: per_token(logits, targets_N[at]), chunk)
     out = model(input_ids=batch["input_ids"].to(param.device), attention_mask=batch["attention_mask"].to(param.device),
                 input_features=batch["input_features"].to(param.device, param.dtype),
-                input_features_mask=batch["input_features_mask"].to(param.device))
-    return out, shifted_targets(batch, param.device)
+                input_features_mask=batch["input_features_mask"].to(param.device), scored=positions)
+    return out, targets_N
 
 
-def sft_update(accelerator, model, optimizer, scheduler, batches: list[dict], grad_clip: float,
-               ctc_weight: float = 0.0, eos_token_ids: list[int] | None = None) -> dict:
+def sft_update(engine, batches: list[dict], ctc_weight: float = 0.0, eos_token_ids: list[int] | None = None,
+               chunk: int = DEFAULT_CHUNK) -> dict:
     """Teacher-forced NLL (+ ctc_weight x CTC NLL) over every micro-batch of the step, one AdamW step.
 
     Both terms are sums over the step's clips divided by the global count of transcript tokens, so
     batch 8 x accumulation 1 and batch 2 x accumulation 4 give the same update. With ctc_weight > 0
     the model is a `StudentWithCTC`; its CTC targets are the transcript tokens without EOS."""
+    accelerator, model = engine.accelerator, engine.model
     device = accelerator.device
     usable = [b for b in batches if b["size"] and "labels" in b]
     masks = [shifted_targets(b, device) >= 0 for b in usable]
     n_tokens = global_token_count(masks, accelerator)
     scale = averaged_over(accelerator)
     parts = {"nll": 0.0, "ctc": 0.0, "ctc_infeasible": 0}
+    if ctc_weight > 0 and not isinstance(accelerator.unwrap_model(model), StudentWithCTC):
+        raise TypeError("ctc_weight > 0 needs the student wrapped in train.models.ctc.StudentWithCTC")
 
     def micro_loss(batch: dict | None):
         def compute() -> torch.Tensor:
             if batch is None:
                 return zero_loss(model)
-            out, targets = teacher_forced(model, batch)
-            loss = token_mean(token_nll(out.logits[:, :-1], targets), targets >= 0, n_tokens, scale)
+            out, targets_N = teacher_forced(model, batch, chunk=chunk)
+            nll_N = out.student_out if isinstance(out, CTCOutput) else out
+            loss = token_mean(nll_N, torch.ones_like(targets_N, dtype=torch.bool), n_tokens, scale)
             parts["nll"] += float(loss.detach()) / scale
             if ctc_weight > 0:
                 ctc_tgt, ctc_len = ctc_targets(batch["labels"].to(device), eos_token_ids or [])
@@ -58,10 +74,8 @@ def sft_update(accelerator, model, optimizer, scheduler, batches: list[dict], gr
             return loss
         return compute
 
-    if ctc_weight > 0 and not isinstance(accelerator.unwrap_model(model), StudentWithCTC):
-        raise TypeError("ctc_weight > 0 needs the student wrapped in train.models.ctc.StudentWithCTC")
     computes = [micro_loss(b if (b["size"] and "labels" in b) else None) for b in batches]
-    step = accumulate_and_step(accelerator, model, optimizer, scheduler, computes, grad_clip)
+    step = engine.step(computes)
     totals = torch.tensor([step["local_loss"], parts["nll"], parts["ctc"], parts["ctc_infeasible"]],
                           dtype=torch.float64, device=device)
     if accelerator.num_processes > 1:

@@ -118,3 +118,27 @@ def test_batch_features_match_the_clips_alone(corpus, processor):
         n = int(mask.sum())
         torch.testing.assert_close(b["input_features"][i, :, :n], feats[0, :, :n])
         assert int(b["input_features_mask"][i].sum()) == n
+
+
+def test_token_lengths_count_the_prompt_and_what_is_generated_or_taught(corpus, processor):
+    from train.data.loader import read_sources, token_lengths
+
+    utterances, _, _ = read_sources([SourceConfig(path=str(corpus[0]))])
+    utterances = [u for u in utterances if u.id.startswith("good")]
+    prompts = [len(processor.encode(processor.prompt(int(u.duration * 16000)))) for u in utterances]
+    rollouts = token_lengths(utterances, processor, language_prompt=False, new_tokens=256, rows_per_clip=2)
+    assert rollouts == [2 * (p + 256) for p in prompts]
+    taught = token_lengths(utterances, processor, language_prompt=False)
+    assert taught == [p + len(processor.encode(u.text)) + 1 for p, u in zip(prompts, utterances)]  # + EOS
+    tagged = token_lengths(utterances, processor, language_prompt=True)
+    assert all(t > u for t, u in zip(tagged, taught))  # "... in German." is longer
+
+
+def test_a_token_budget_shapes_the_batches(corpus, processor):
+    loose = make_loader([SourceConfig(path=str(corpus[0]))], processor, _data(num_workers=0, max_batch_seconds=60.0))
+    tight = make_loader([SourceConfig(path=str(corpus[0]))], processor,
+                        _data(num_workers=0, max_batch_seconds=60.0, max_batch_tokens=200), new_tokens=64)
+    assert max(len(b) for b in loose.batch_sampler) > max(len(b) for b in tight.batch_sampler)
+    for batch in tight:
+        if batch["size"] > 1:  # count x (longest prompt + 64 new tokens) within 200
+            assert batch["size"] * (batch["prompt_ids"].shape[1] + 64) <= 200

@@ -120,3 +120,27 @@ def test_bad_arguments():
         DurationBatchSampler([1.0], 10, num_replicas=2, rank=2)
     with pytest.raises(ValueError, match="no utterances"):
         DurationBatchSampler([], 10)
+
+
+def test_a_token_budget_caps_what_seconds_alone_would_admit():
+    # 240 s admits 120 two-second clips; with 256 new tokens each that is 120 rollouts. A token budget
+    # of 16384 (prompt ~45 + 256 new tokens a clip) admits 54.
+    d = np.full(400, 2.0)
+    tokens = np.full(400, 45 + 256)
+    by_seconds = _indices(DurationBatchSampler(d, max_batch_seconds=240, seed=0))
+    by_tokens = _indices(DurationBatchSampler(d, max_batch_seconds=240, seed=0, token_lengths=tokens,
+                                              max_batch_tokens=16384))
+    assert max(map(len, by_seconds)) == 120 and max(map(len, by_tokens)) == 16384 // 301
+    # mixed lengths: padded tokens (count x longest) stay within the budget, every utterance once
+    d = _durations(300)
+    tokens = (d * 12.5).astype(int) + 20 + np.random.default_rng(1).integers(5, 80, len(d))
+    sampler = DurationBatchSampler(d, max_batch_seconds=600, seed=2, token_lengths=tokens, max_batch_tokens=2000)
+    batches = _indices(sampler)
+    assert all(len(b) * tokens[b].max() <= 2000 or len(b) == 1 for b in batches)
+    assert sorted(itertools.chain(*batches)) == list(range(len(d)))
+    # the budget is part of what a resumed run must share
+    other = DurationBatchSampler(d, max_batch_seconds=600, seed=2, token_lengths=tokens, max_batch_tokens=4000)
+    with pytest.raises(ValueError, match="max_batch_tokens=2000"):
+        other.load_state_dict(sampler.state_dict())
+    with pytest.raises(ValueError, match="go together"):
+        DurationBatchSampler(d, max_batch_seconds=600, max_batch_tokens=2000)

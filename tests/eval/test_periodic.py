@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.data.audio_files import sine, write
+from tests.launch import launcher, run
 from train.eval.periodic import PeriodicEvaluator
 from train.eval.timed import StudentTranscriber
 
@@ -56,19 +54,18 @@ def test_single_process_history_best_step_and_plot(dev_manifest, tmp_path, tiny_
 @pytest.mark.slow
 def test_two_process_launch_gathers_everything(dev_manifest, tmp_path, tiny_student):
     out = tmp_path / "reports.json"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           str(ROOT / "tests/eval/periodic_worker.py"), str(dev_manifest), str(tmp_path / "run"), str(out)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    cmd = launcher("ddp") + [str(ROOT / "tests/eval/periodic_worker.py"), str(dev_manifest), str(tmp_path / "run"),
+                             str(out)]
+    proc = run(cmd, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["world"] == 2
     sharded = result["reports"][1]
 
     # The same model in this process, unsharded, must score the same.
-    from tests.conftest import sharpen, tiny_config
     import torch
+
+    from tests.conftest import sharpen, tiny_config
     from train.models import build_student
 
     torch.manual_seed(0)

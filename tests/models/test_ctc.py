@@ -70,7 +70,7 @@ def test_wrapper_keeps_the_students_logits_and_reports_frame_counts(tokenizer, s
     with torch.no_grad():
         out = wrapped(**inputs)
         plain = student(**inputs).logits
-    torch.testing.assert_close(out.logits, plain, rtol=0, atol=0)
+    torch.testing.assert_close(out.student_out.logits, plain, rtol=0, atol=0)
     mel_frames = [n // 160 for n in lengths]
     if source == "encoder":  # 50 frames/s: ceil(mel frames / 2)
         expected = [(f + 1) // 2 for f in mel_frames]

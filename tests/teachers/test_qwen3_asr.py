@@ -1,8 +1,10 @@
 """The Qwen3-ASR teacher on a tiny random model: its prompt, scores equal to a plain forward of the teacher,
-one audio encoding per utterance, frozen, clear errors; loading from a checkpoint dir."""
+one audio encoding per utterance, frozen, clear errors; loading from a checkpoint dir; batched audio
+encoding, the cached batched language header and chunked scoring equal to their one-at-a-time references."""
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -12,7 +14,7 @@ from tests.conftest import make_clips
 from tests.teachers.qwen3_fixtures import (CHAT_TEMPLATE, EXPECTED_PROMPT, IDS, TEACHER_VOCAB_SIZE, make_batch,
                                            tiny_qwen3_asr)
 from train.opd.rollout import Rollout, rollout
-from train.teachers.qwen3_asr import Qwen3ASRTeacher
+from train.teachers.qwen3_asr import Qwen3ASRTeacher, language_name
 
 LENGTHS, LANGUAGES = [16000, 9000], ["de", "en"]
 
@@ -139,7 +141,7 @@ def test_audio_is_encoded_once_per_utterance_and_rows_score_as_alone(teacher, ba
     finally:
         hook.remove()
     assert sampled.source_B.tolist() == [0, 0, 1, 1]
-    assert calls == [1, 1]  # two utterances, four rows
+    assert calls == [2]  # two utterances in one encoder call, four rows
     chunked = Qwen3ASRTeacher(teacher.model, teacher.processor, student[1], student[2], rows_per_forward=3)
     in_chunks = chunked.score(batch, sampled, extra_ids_B_T_E=sampled.student_topk_ids_B_T_K, k=3)
     for b in range(4):
@@ -210,3 +212,135 @@ def test_from_pretrained_loads_a_saved_teacher_and_refuses_other_checkpoints(tea
             Qwen3ASRTeacher.from_pretrained(tmp_path / name, student[1])
     with pytest.raises(ValueError, match="not a torch dtype"):
         Qwen3ASRTeacher.from_pretrained(tmp_path / "hf", student[1], dtype="bf16")
+
+
+# ---- batching: audio encoder, language header, rows per forward ------------------------------------------
+# 0.25-3 s: one clip under Qwen3-ASR's 0.5 s minimum, partial and whole 1 s encoder chunks; four languages
+# the model cannot be forced to (so four headers of prompts of different lengths) and two it can.
+MIXED_LENGTHS = [4000, 16000, 24000, 32160, 12345, 47999]
+MIXED_LANGUAGES = ["hr", "de", None, "sk", "en", "lt"]
+UNFORCED = [i for i, language in enumerate(MIXED_LANGUAGES) if language_name(language) is None]
+
+
+@pytest.fixture(scope="module")
+def mixed_batch(student):
+    return make_batch(student[1], make_clips(MIXED_LENGTHS, seed=21), MIXED_LANGUAGES)
+
+
+@pytest.fixture(scope="module")
+def mixed_sampled(student, mixed_batch):
+    model, processor, _ = student
+    return rollout(model, processor, mixed_batch, n_samples=2, max_new_tokens=5, do_sample=True,
+                   generator=torch.Generator().manual_seed(3), topk=4)
+
+
+def _variant(teacher, **settings):
+    """The module's teacher (same model, processor and token map) with some settings changed."""
+    other = copy.copy(teacher)
+    for key, value in settings.items():
+        setattr(other, key, value)
+    return other
+
+
+def _alone(teacher, clip, language):
+    """Reference inputs of one clip: the processor and the audio encoder on this clip only."""
+    inputs = teacher.processor(text=[teacher.prompt(language)], audio=[clip], return_tensors="pt")
+    with torch.no_grad():
+        audio = teacher.model.get_audio_features(inputs["input_features"], inputs["input_features_mask"])
+    return inputs["input_ids"][0], audio.pooler_output
+
+
+def _uncached_header(teacher, prompt_ids_S, audio_N_D):
+    """Reference header: one clip, greedy, no KV cache (a full forward over the prompt per token)."""
+    ids = prompt_ids_S[None]
+    for _ in range(teacher.max_header_tokens):
+        with torch.no_grad():
+            logits = teacher.model(inputs_embeds=teacher._embed(ids, audio_N_D), logits_to_keep=1).logits[0, -1]
+        next_id = int(logits.argmax())
+        if next_id in teacher.stop_ids:
+            break
+        ids = torch.cat([ids, ids.new_tensor([[next_id]])], dim=1)
+        if next_id == teacher.asr_text_id:
+            return ids[0]
+    return torch.cat([ids[0], ids.new_tensor([teacher.asr_text_id])])
+
+
+def _assert_same_scores(got, expected, atol=1e-5):
+    m = expected.mask_B_T
+    assert torch.equal(got.mask_B_T, m)
+    assert torch.equal(got.topk_ids_B_T_K[m], expected.topk_ids_B_T_K[m])
+    torch.testing.assert_close(got.sampled_logp_B_T[m], expected.sampled_logp_B_T[m], rtol=0, atol=atol)
+    torch.testing.assert_close(got.topk_logp_B_T_K[m], expected.topk_logp_B_T_K[m], rtol=0, atol=atol)
+    torch.testing.assert_close(got.extra_logp_B_T_E[m], expected.extra_logp_B_T_E[m], rtol=0, atol=atol)
+
+
+@pytest.mark.parametrize("encode_batch_size,calls_expected", [(None, [6]), (4, [4, 2])])
+def test_batched_audio_encoding_equals_each_clip_encoded_alone(teacher, mixed_batch, encode_batch_size,
+                                                               calls_expected):
+    calls = []
+    hook = teacher.model.model.audio_tower.register_forward_hook(
+        lambda module, args, kwargs, out: calls.append(kwargs["input_features"].shape[0]), with_kwargs=True)
+    try:
+        utts = _variant(teacher, encode_batch_size=encode_batch_size, max_header_tokens=2).encode_utterances(
+            mixed_batch, [5, 0, 3, 1, 2, 4, 0])
+    finally:
+        hook.remove()
+    assert calls == calls_expected and sorted(utts) == list(range(6))
+    for i, (clip, language) in enumerate(zip(mixed_batch["audio"], MIXED_LANGUAGES)):
+        ids, audio = _alone(teacher, clip, language)
+        assert torch.equal(utts[i].prompt_ids_S[: len(ids)], ids)
+        assert utts[i].audio_embeds_N_D.shape == audio.shape
+        torch.testing.assert_close(utts[i].audio_embeds_N_D, audio, rtol=0, atol=1e-5)
+
+
+def test_cached_batched_headers_equal_uncached_one_clip_decoding(teacher, mixed_batch):
+    clips = mixed_batch["audio"]
+    alone = {i: _alone(teacher, clips[i], MIXED_LANGUAGES[i]) for i in UNFORCED}
+    prompt_len = {i: len(alone[i][0]) for i in UNFORCED}
+    assert len(set(prompt_len.values())) == len(UNFORCED)  # rows of different widths: left padding is exercised
+    plain = _variant(teacher, max_header_tokens=5)
+    expected = {i: _uncached_header(plain, *alone[i]) for i in UNFORCED}
+    got = plain.encode_utterances(mixed_batch, UNFORCED)
+    for i in UNFORCED:
+        assert torch.equal(got[i].prompt_ids_S, expected[i]), i
+    # Rows that stop at different steps: one row's 2nd header token stands for <asr_text>, another's 3rd for
+    # a stop id, so one row ends on its own <asr_text>, one gets <asr_text> appended early, the rest run out.
+    a, b = UNFORCED[0], UNFORCED[1]
+    asr_text, stop = int(expected[a][prompt_len[a] + 1]), int(expected[b][prompt_len[b] + 2])
+    stopping = _variant(plain, asr_text_id=asr_text, stop_ids=plain.stop_ids | {stop}, encode_batch_size=3)
+    expected = {i: _uncached_header(stopping, *alone[i]) for i in UNFORCED}
+    got = stopping.encode_utterances(mixed_batch, UNFORCED)
+    assert len({len(expected[i]) - prompt_len[i] for i in UNFORCED}) >= 3
+    for i in UNFORCED:
+        assert torch.equal(got[i].prompt_ids_S, expected[i]), i
+
+
+def test_rows_per_forward_gives_the_scores_of_one_forward(teacher, mixed_batch, mixed_sampled):
+    short = _variant(teacher, max_header_tokens=3)
+    extra = mixed_sampled.student_topk_ids_B_T_K
+    one = short.score(mixed_batch, mixed_sampled, extra_ids_B_T_E=extra, k=3)
+    assert mixed_sampled.tokens_B_T.shape[0] == 12 and one.mask_B_T.any(-1).all()
+    for rows in (1, 2):
+        _assert_same_scores(_variant(short, rows_per_forward=rows).score(mixed_batch, mixed_sampled,
+                                                                        extra_ids_B_T_E=extra, k=3), one)
+
+
+def test_a_clips_scores_do_not_depend_on_the_other_clips_in_its_batch(teacher, student, mixed_batch, mixed_sampled):
+    short = _variant(teacher, max_header_tokens=3)
+    extra = mixed_sampled.student_topk_ids_B_T_K
+    together = short.score(mixed_batch, mixed_sampled, extra_ids_B_T_E=extra, k=3)
+    for i in range(len(MIXED_LENGTHS)):
+        rows = (mixed_sampled.source_B == i).nonzero().squeeze(-1)
+        own_batch = make_batch(student[1], [mixed_batch["audio"][i]], [MIXED_LANGUAGES[i]])
+        own = Rollout(tokens_B_T=mixed_sampled.tokens_B_T[rows], mask_B_T=mixed_sampled.mask_B_T[rows],
+                      logprobs_B_T=mixed_sampled.logprobs_B_T[rows], source_B=torch.zeros_like(rows),
+                      prompt_ids_B_S=mixed_sampled.prompt_ids_B_S[rows],
+                      prompt_mask_B_S=mixed_sampled.prompt_mask_B_S[rows])
+        alone = short.score(own_batch, own, extra_ids_B_T_E=extra[rows], k=3)
+        _assert_same_scores(together.select(rows), alone)
+
+
+def test_batch_settings_are_checked(teacher, student):
+    for key in ("rows_per_forward", "encode_batch_size", "max_header_tokens"):
+        with pytest.raises(ValueError, match=key):
+            Qwen3ASRTeacher(teacher.model, teacher.processor, student[1], student[2], **{key: 0})

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from torch.utils.data import DataLoader, Dataset
 
 from train.config import DataConfig, SourceConfig
-from train.data.audio import AudioLimits, AudioSkipped, SkipCounter, load_audio
+from train.data.audio import SAMPLE_RATE, AudioLimits, AudioSkipped, SkipCounter, load_audio
 from train.data.manifest import Utterance, read_manifest
 from train.data.sampler import DurationBatchSampler, SampleKey
 from train.models.processor import ArkProcessor
@@ -82,13 +82,39 @@ def read_sources(sources: list[SourceConfig]) -> tuple[list[Utterance], list[int
     return utterances, sizes, [s.weight for s in sources]
 
 
+def token_lengths(utterances: list[Utterance], processor: ArkProcessor, language_prompt: bool,
+                  new_tokens: int | None = None, rows_per_clip: int = 1) -> list[int]:
+    """Each clip's tokens in a batch, for `data.max_batch_tokens`: its rows (one, or n samples in OPD)
+    x (prompt with its audio placeholders + new tokens). New tokens: `new_tokens` (a rollout's budget),
+    or else the transcript's own tokens and EOS."""
+    overhead: dict[str | None, int] = {}  # prompt tokens besides the placeholders, by prompt language
+    if new_tokens is None:
+        texts = [u.text or "" for u in utterances]
+        transcript = [len(ids) + 1 for ids in processor.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    out = []
+    for i, utt in enumerate(utterances):
+        language = utt.language if language_prompt else None
+        if language not in overhead:
+            overhead[language] = len(processor.encode(processor.prompt(SAMPLE_RATE, language))) - \
+                processor.audio_token_count(SAMPLE_RATE)
+        prompt = overhead[language] + processor.audio_token_count(int(utt.duration * SAMPLE_RATE))
+        out.append(rows_per_clip * (prompt + (new_tokens if new_tokens is not None else transcript[i])))
+    return out
+
+
 def make_loader(sources: list[SourceConfig], processor: ArkProcessor, data: DataConfig, seed: int = 0,
-                num_replicas: int = 1, rank: int = 0, shuffle: bool = True) -> DataLoader:
-    """A DataLoader over the sources: duration-bucketed batches, this rank's shard, clips decoded in workers."""
+                num_replicas: int = 1, rank: int = 0, shuffle: bool = True, new_tokens: int | None = None,
+                rows_per_clip: int = 1) -> DataLoader:
+    """A DataLoader over the sources: duration-bucketed batches, this rank's shard, clips decoded in
+    workers. `new_tokens` and `rows_per_clip` size OPD's rollouts for `data.max_batch_tokens`."""
     utterances, sizes, weights = read_sources(sources)
+    tokens = None
+    if data.max_batch_tokens is not None:
+        tokens = token_lengths(utterances, processor, data.language_prompt, new_tokens, rows_per_clip)
     sampler = DurationBatchSampler([u.duration for u in utterances], data.max_batch_seconds, data.max_batch_size,
                                    seed=seed, num_replicas=num_replicas, rank=rank, shuffle=shuffle,
-                                   source_sizes=sizes, source_weights=weights)
+                                   source_sizes=sizes, source_weights=weights, token_lengths=tokens,
+                                   max_batch_tokens=data.max_batch_tokens)
     dataset = UtteranceDataset(utterances, AudioLimits(data.min_seconds, data.max_seconds))
     collator = Collator(processor, language_prompt=data.language_prompt, keep_audio=data.keep_audio)
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collator, num_workers=data.num_workers)

@@ -3,8 +3,9 @@
 Each epoch's plan is a pure function of (seed, epoch, durations, settings):
   1. the epoch's utterances: each source's utterances `weight` times (2 = twice, 0.5 = a random half);
   2. shuffled, cut into pools of `pool_batches` batches' worth, each pool sorted by duration, and cut
-     into batches whose padded size (count x longest clip) stays within `max_batch_seconds`
-     (and `max_batch_size`): similar lengths, little padding;
+     into batches whose padded size (count x longest clip) stays within `max_batch_seconds`, whose
+     padded tokens (count x longest token length, when `token_lengths` are given) stay within
+     `max_batch_tokens`, and with at most `max_batch_size` clips: similar lengths, little padding;
   3. batches shuffled, padded to a multiple of the number of ranks by repeating the first ones
      (nothing dropped), and dealt round-robin: every rank gets the same number of batches.
 A batch is a list of `SampleKey(index, epoch, position)`; the position lets a run checkpoint
@@ -30,7 +31,8 @@ class DurationBatchSampler:
     def __init__(self, durations: Sequence[float], max_batch_seconds: float, max_batch_size: int | None = None,
                  seed: int = 0, num_replicas: int = 1, rank: int = 0, shuffle: bool = True,
                  source_sizes: Sequence[int] | None = None, source_weights: Sequence[float] | None = None,
-                 pool_batches: int = 50):
+                 pool_batches: int = 50, token_lengths: Sequence[int] | None = None,
+                 max_batch_tokens: int | None = None):
         if max_batch_seconds <= 0:
             raise ValueError(f"max_batch_seconds must be > 0, got {max_batch_seconds}")
         if max_batch_size is not None and max_batch_size < 1:
@@ -40,6 +42,14 @@ class DurationBatchSampler:
         self.durations = np.asarray(durations, dtype=np.float64)
         if len(self.durations) == 0:
             raise ValueError("no utterances to batch")
+        if (max_batch_tokens is None) != (token_lengths is None):
+            raise ValueError("max_batch_tokens and token_lengths go together")
+        if max_batch_tokens is not None and max_batch_tokens < 1:
+            raise ValueError(f"max_batch_tokens must be >= 1, got {max_batch_tokens}")
+        self.tokens = np.asarray(token_lengths, dtype=np.int64) if token_lengths is not None else None
+        if self.tokens is not None and len(self.tokens) != len(self.durations):
+            raise ValueError(f"{len(self.tokens)} token lengths for {len(self.durations)} utterances")
+        self.max_batch_tokens = max_batch_tokens
         self.source_sizes = list(source_sizes) if source_sizes is not None else [len(self.durations)]
         self.source_weights = list(source_weights) if source_weights is not None else [1.0] * len(self.source_sizes)
         if sum(self.source_sizes) != len(self.durations) or len(self.source_weights) != len(self.source_sizes):
@@ -78,20 +88,27 @@ class DurationBatchSampler:
         per_batch = max(1, int(self.max_batch_seconds // mean))
         if self.max_batch_size:
             per_batch = min(per_batch, self.max_batch_size)
+        if self.tokens is not None and len(indices):
+            per_batch = min(per_batch, max(1, int(self.max_batch_tokens // max(float(self.tokens[indices].mean()), 1))))
         pool = max(1, self.pool_batches * per_batch)
+        no_tokens = np.zeros(len(self.durations), dtype=np.int64)
+        tokens = self.tokens if self.tokens is not None else no_tokens
+        token_cap = self.max_batch_tokens if self.max_batch_tokens is not None else float("inf")
         batches = []
         for start in range(0, len(indices), pool):
             chunk = indices[start:start + pool]
             chunk = chunk[np.argsort(self.durations[chunk], kind="stable")]
-            current, longest = [], 0.0
+            current, longest, longest_tokens = [], 0.0, 0
             for i in chunk.tolist():
-                d = self.durations[i]
+                d, t = self.durations[i], int(tokens[i])
                 full = self.max_batch_size is not None and len(current) >= self.max_batch_size
-                if current and (full or (len(current) + 1) * max(longest, d) > self.max_batch_seconds):
+                grown = len(current) + 1
+                if current and (full or grown * max(longest, d) > self.max_batch_seconds
+                                or grown * max(longest_tokens, t) > token_cap):
                     batches.append(current)
-                    current, longest = [], 0.0
+                    current, longest, longest_tokens = [], 0.0, 0
                 current.append(i)
-                longest = max(longest, d)
+                longest, longest_tokens = max(longest, d), max(longest_tokens, t)
             if current:
                 batches.append(current)
         return batches
@@ -132,12 +149,13 @@ class DurationBatchSampler:
         epoch, start = (after[0], after[1] + 1) if after is not None else (self.epoch, self.start)
         return {"epoch": epoch, "start": start, "seed": self.seed, "num_replicas": self.num_replicas,
                 "num_utterances": len(self.durations), "max_batch_seconds": self.max_batch_seconds,
-                "max_batch_size": self.max_batch_size}
+                "max_batch_size": self.max_batch_size, "max_batch_tokens": self.max_batch_tokens}
 
     def load_state_dict(self, state: dict) -> None:
-        for key in ("seed", "num_replicas", "num_utterances", "max_batch_seconds", "max_batch_size"):
+        for key in ("seed", "num_replicas", "num_utterances", "max_batch_seconds", "max_batch_size",
+                    "max_batch_tokens"):
             mine = len(self.durations) if key == "num_utterances" else getattr(self, key)
-            if state[key] != mine:
+            if state.get(key) != mine:
                 raise ValueError(f"sampler state was saved with {key}={state[key]}, this run has {mine}: "
                                  "the same batches cannot be replayed")
         self.epoch, self.start = state["epoch"], state["start"]

@@ -17,7 +17,7 @@ from train.config import ModelConfig, PromptConfig, TokensConfig, config_from_di
 from train.models import ark_layout
 from train.models.processor import PROMPT_FILE, ArkProcessor, make_feature_extractor
 from train.models.student import StudentForConditionalGeneration, glmasr_config, merge_factor_of
-from train.models.tokenizer import build_qwen25_ark_tokenizer
+from train.models.tokenizer import ARK_SPECIALS, build_qwen25_ark_tokenizer
 from train.models.weights import load_subset, raise_on_loading_info, read_config_json, read_weights
 
 ENCODER_PREFIXES = ("model.audio_tower.", "model.multi_modal_projector.")
@@ -49,8 +49,35 @@ def build_student(cfg: ModelConfig | dict | str | Path, device: str | torch.devi
     if cfg.init_encoder_from:
         _init_encoder_from(model, cfg, cfg.init_encoder_from)
     if cfg.init_decoder_from:
+        check_lm_tokenizer(tokenizer, cfg.init_decoder_from)
         _init_decoder_from(model, cfg, cfg.init_decoder_from)
     return configure_training(model, cfg), processor
+
+
+def check_lm_tokenizer(student_tokenizer, path: str) -> list[str]:
+    """The student's tokenizer (the Qwen2.5 BPE with ARK's special tokens from id 151663) must give
+    every token the id the causal LM at `path` was trained with, up to the ids ARK takes for its own
+    specials; those replace the LM's tokens there (Qwen2.5's <|repo_name|> and <|file_sep|>, Qwen3's
+    tool and think tokens), whose embedding rows then learn their new meaning. Raises on the first
+    token that differs; returns the LM tokens ARK's specials replace. An LM dir without a tokenizer
+    is not checked."""
+    if not any((Path(path) / name).exists() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
+        return []
+    lm = _load_tokenizer(Path(path))
+    ours, theirs = student_tokenizer.get_vocab(), lm.get_vocab()
+    first_ark = ours.get(ARK_SPECIALS[0], len(ours))
+    by_id = {i: t for t, i in theirs.items()}
+    for token, i in sorted(ours.items(), key=lambda item: item[1]):
+        if i >= first_ark:
+            break
+        if by_id.get(i) != token:
+            raise ValueError(f"init_decoder_from={path}: its tokenizer has {by_id.get(i)!r} at id {i}, the student's "
+                             f"has {token!r}: the LM was trained with another vocabulary (set the model config's "
+                             "`tokenizer` to a matching one)")
+    replaced = [f"{by_id[i]!r}@{i}" for i in range(first_ark, first_ark + len(ARK_SPECIALS)) if i in by_id]
+    if replaced:
+        print(f"init_decoder_from={path}: ARK's special tokens take the ids of the LM's {', '.join(replaced)}")
+    return replaced
 
 
 def _init_encoder_from(model, cfg: ModelConfig, path: str) -> None:
@@ -91,6 +118,24 @@ def _init_decoder_from(model, cfg: ModelConfig, path: str) -> None:
             mapped[key] = value  # reported as unexpected
     tied = {"lm_head.weight"} if cfg.decoder.tie_word_embeddings else set()
     load_subset(model, mapped, DECODER_PREFIXES, f"init_decoder_from={path}", may_be_missing=tied)
+
+
+def frozen_random_parts(cfg: ModelConfig) -> list[str]:
+    """The parts `build_student(cfg)` would leave at random weights although they do not train, each
+    named with the key that would give it weights."""
+    parts = []
+    if not cfg.init_encoder_from:
+        if not cfg.train_encoder:
+            parts.append("the audio encoder is frozen (train_encoder: false) and would be random: "
+                         "set student.init_encoder_from=DIR (a GLM-ASR / ARK-ASR / ark-opd model)")
+        if not cfg.train_adapter:
+            parts.append("the adapter is frozen (train_adapter: false) and would be random: "
+                         "set student.init_encoder_from=DIR (it holds encoder and adapter)")
+    if not cfg.init_decoder_from and (not cfg.train_decoder or cfg.lora.enabled):
+        frozen = "only its LoRA adapters train" if cfg.lora.enabled else "train_decoder: false"
+        parts.append(f"the decoder is frozen ({frozen}) and would be random: "
+                     "set student.init_decoder_from=DIR (a Qwen2/Qwen3 causal LM)")
+    return parts
 
 
 def configure_training(model, cfg: ModelConfig):

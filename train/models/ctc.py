@@ -26,7 +26,7 @@ SOURCES = ("encoder", "adapter")
 
 @dataclass
 class CTCOutput:
-    logits: torch.Tensor  # the student's decoder logits, as its own forward gives them
+    student_out: object  # what the student's own forward returned (its output, or values_N with `scored=`)
     ctc_log_probs_B_L_C: torch.Tensor  # C = decoder vocabulary + 1 (blank last)
     ctc_lengths_B: torch.Tensor  # valid frames per clip
 
@@ -54,7 +54,7 @@ class StudentWithCTC(nn.Module):
         inner = _glmasr(self.student).model
         return inner.audio_tower if self.source == "encoder" else inner.multi_modal_projector
 
-    def forward(self, input_ids, attention_mask, input_features, input_features_mask) -> CTCOutput:
+    def forward(self, input_ids, attention_mask, input_features, input_features_mask, **student_kwargs) -> CTCOutput:
         tapped = {}
 
         def keep(_module, _inputs, output):
@@ -63,14 +63,14 @@ class StudentWithCTC(nn.Module):
         handle = self._tapped_module().register_forward_hook(keep)
         try:
             out = self.student(input_ids=input_ids, attention_mask=attention_mask, input_features=input_features,
-                               input_features_mask=input_features_mask)
+                               input_features_mask=input_features_mask, **student_kwargs)
         finally:
             handle.remove()
         mel_frames = input_features_mask.sum(-1)
         lengths = conv_lengths(mel_frames) if self.source == "encoder" else audio_token_count_from_frames(
             mel_frames, self.merge_factor)
         log_probs = torch.log_softmax(self.ctc_head(tapped["hidden_B_L_D"]).float(), dim=-1)
-        return CTCOutput(out.logits, log_probs, lengths)
+        return CTCOutput(out, log_probs, lengths)
 
 
 def ctc_targets(labels_B_T: torch.Tensor, drop_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -23,6 +23,7 @@ from transformers.models.glmasr.modeling_glmasr import (
 )
 
 from train.config import ModelConfig
+from train.models.scored_head import ScoredPositions, score_hidden
 from train.models.processor import audio_token_count_from_frames
 
 
@@ -91,13 +92,22 @@ class StudentModel(GlmAsrModel):
 
 
 class StudentForConditionalGeneration(GlmAsrForConditionalGeneration):
-    """GlmAsrForConditionalGeneration over `StudentModel`; same weights, same forward signature."""
+    """GlmAsrForConditionalGeneration over `StudentModel`; same weights, same forward signature, plus
+    `scored=`: the head and a per-token function at chosen positions only (train/models/scored_head.py)."""
 
     def __init__(self, config: GlmAsrConfig):
         GlmAsrPreTrainedModel.__init__(self, config)
         self.model = StudentModel(config)
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
         self.post_init()
+
+    def forward(self, *args, scored: ScoredPositions | None = None, **kwargs):
+        """With `scored`: `scored.per_token` at its positions (values_N), not logits at every position."""
+        if scored is None:
+            return super().forward(*args, **kwargs)
+        kwargs.pop("logits_to_keep", None)
+        hidden_B_S_D = self.model(*args, **kwargs).last_hidden_state
+        return score_hidden(hidden_B_S_D, self.lm_head, scored)
 
 
 def glmasr_config(cfg: ModelConfig, eos_token_ids: list[int] | None = None, pad_token_id: int | None = None

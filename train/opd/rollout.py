@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
 from train.models.generation import generate, left_padded_positions
+from train.models.scored_head import ScoredPositions
 
 
 @dataclass
@@ -84,16 +86,30 @@ def rollout(model, processor, batch: dict, n_samples: int = 1, max_new_tokens: i
                    student_topk_ids_B_T_K=out.topk_ids_B_T_K)
 
 
-def rescore(model, batch: dict, rollout: Rollout) -> torch.Tensor:
-    """Student logits_B_T_V at each rollout position (the distribution each sampled token was drawn
-    from), with gradient: one forward over prompt + sampled tokens."""
+def _rollout_inputs(model, batch: dict, rollout: Rollout) -> dict:
+    """The student's inputs for one forward over each row's prompt + sampled tokens."""
     param = next(model.parameters())
     ids = torch.cat([rollout.prompt_ids_B_S, rollout.tokens_B_T], dim=1)
     mask = torch.cat([rollout.prompt_mask_B_S, rollout.mask_B_T.long()], dim=1)
+    return {"input_ids": ids, "attention_mask": mask, "position_ids": left_padded_positions(mask),
+            **_model_inputs(batch, rollout.source_B.cpu(), param.device, param.dtype)}
+
+
+def rescore(model, batch: dict, rollout: Rollout) -> torch.Tensor:
+    """Student logits_B_T_V at each rollout position (the distribution each sampled token was drawn
+    from): one forward over prompt + sampled tokens. Full logits: for diagnostics; training scores
+    only the positions it needs with `rescore_at`."""
     new = rollout.tokens_B_T.shape[1]
-    out = model(input_ids=ids, attention_mask=mask, position_ids=left_padded_positions(mask),
-                **_model_inputs(batch, rollout.source_B.cpu(), param.device, param.dtype),
-                logits_to_keep=new + 1)
+    out = model(**_rollout_inputs(model, batch, rollout), logits_to_keep=new + 1)
     # The last new+1 positions run from the prompt's last token (which predicts token 0) to the last
     # sampled token (which predicts nothing we score): drop that one.
     return out.logits[:, :new]
+
+
+def rescore_at(model, batch: dict, rollout: Rollout, mask_B_T: torch.Tensor,
+               per_token: Callable[[torch.Tensor, slice], torch.Tensor], chunk: int) -> torch.Tensor:
+    """`per_token(logits_n_V, positions)` at the rollout positions where `mask_B_T` is true (N of
+    them, row by row), with gradient when enabled; logits exist for `chunk` positions at a time."""
+    prompt_width = rollout.prompt_ids_B_S.shape[1]  # column S-1+t predicts token t
+    scored = ScoredPositions.where(mask_B_T, per_token, chunk, offset=prompt_width - 1)
+    return model(**_rollout_inputs(model, batch, rollout), scored=scored)

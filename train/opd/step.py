@@ -3,8 +3,8 @@
 collect(): for each micro-batch of the step, roll out the student (or take the reference
 transcripts, GKD's lambda) and have the teacher score it; no gradient. Knowing every
 micro-batch's token mask first gives the global token count the loss is normalised by.
-update(): for each micro-batch, re-score the student's tokens with gradient, compute the loss,
-backward (accelerate handles DDP no_sync / DeepSpeed accumulation), and step at the end.
+update(): for each micro-batch, re-score the student's tokens with gradient (logits only at the
+scored positions, a chunk at a time), compute the loss, backward; train/engine.py steps at the end.
 """
 
 from __future__ import annotations
@@ -18,12 +18,11 @@ from train.opd.losses import (
     generalized_jsd,
     sampled_token_reverse_kl,
     token_logp,
-    token_nll,
     union_topk_forward_kl_from_scores,
 )
+from train.engine import averaged_over, zero_loss
 from train.opd.reduction import global_token_count, token_mean
-from train.opd.rollout import Rollout, rescore, rollout
-from train.optimize import accumulate_and_step, averaged_over, zero_loss
+from train.opd.rollout import Rollout, rescore_at, rollout
 from train.supervised import shifted_targets, teacher_forced
 from train.teachers.base import TokenScores
 
@@ -52,15 +51,18 @@ def reference_rollout(batch: dict, pad_token_id: int, device) -> Rollout:
 
 @torch.no_grad()
 def collect(student, processor, teacher, batches: list[dict], opd: OPDConfig, on_policy: bool, sample_seed: int,
-            device, all_done=None) -> list[MicroBatch]:
+            device, all_done=None, chunk: int = 4096) -> list[MicroBatch]:
     """`sample_seed` (this step's): each clip's sampled rollouts are keyed by it and the clip's id, so
-    they do not depend on how the step is split into micro-batches or processes."""
+    they do not depend on how the step is split into micro-batches or processes. `on_policy` is the
+    step's GKD coin, the same on every rank. `all_done` (sharded parameters: every forward is a
+    collective) also makes every rank roll out a micro-batch if any rank's lacks transcripts."""
     out = []
     for batch in batches:
         if not batch["size"]:
             out.append(MicroBatch(batch, None, None, on_policy))
             continue
-        use_policy = on_policy or "labels" not in batch
+        labelled = "labels" in batch if all_done is None else all_done("labels" in batch)
+        use_policy = on_policy or not labelled
         if use_policy:
             ro = rollout(student, processor, batch, n_samples=opd.n_samples, max_new_tokens=opd.max_new_tokens,
                          do_sample=opd.do_sample, temperature=opd.sample_temperature, top_p=opd.top_p,
@@ -69,32 +71,61 @@ def collect(student, processor, teacher, batches: list[dict], opd: OPDConfig, on
         else:
             ro = reference_rollout(batch, processor.pad_token_id, device)
         extra = ro.student_topk_ids_B_T_K
-        if opd.loss == "union_topk_kl" and extra is None:  # reference transcripts: student top-k now
-            logits = rescore(student, batch, ro)
-            extra = logits.topk(opd.k, dim=-1).indices
+        if opd.loss == "union_topk_kl" and extra is None:  # reference transcripts: the student's top-k now
+            extra = _student_topk(student, batch, ro, opd.k, chunk)
         scores = teacher.score(batch, ro, extra_ids_B_T_E=extra, k=opd.k, temperature=opd.temperature,
                                full=opd.loss == "jsd")
         out.append(MicroBatch(batch, ro, scores, use_policy))
     return out
 
 
-def distillation_loss(logits_B_T_V: torch.Tensor, mb: MicroBatch, opd: OPDConfig, allowed_V) -> torch.Tensor:
-    """Per-token loss_B_T of the configured form (no masking or normalisation here)."""
-    ro, scores = mb.rollout, mb.scores
+def _student_topk(student, batch: dict, ro: Rollout, k: int, chunk: int) -> torch.Tensor:
+    """The student's k most likely ids at every rollout position (-1 where masked)."""
+    ids_N_K = rescore_at(student, batch, ro, ro.mask_B_T, lambda logits, _: logits.topk(k, dim=-1).indices, chunk)
+    out = torch.full((*ro.mask_B_T.shape, k), -1, dtype=torch.long, device=ids_N_K.device)
+    out[ro.mask_B_T.to(out.device)] = ids_N_K
+    return out
+
+
+@dataclass
+class ScoredTokens:
+    """What the loss needs at each scored rollout position, flattened (N positions, row by row): the
+    sampled token, the student's log-prob of it at sampling time (None for reference transcripts),
+    and the teacher's scores."""
+
+    tokens_N: torch.Tensor
+    sampling_logp_N: torch.Tensor | None
+    scores: TokenScores
+
+    @classmethod
+    def of(cls, mb: MicroBatch) -> "ScoredTokens":
+        m = mb.scores.mask_B_T
+        logp = mb.rollout.logprobs_B_T
+        return cls(mb.rollout.tokens_B_T[m], logp[m] if logp is not None else None, mb.scores.select(m))
+
+    def __getitem__(self, at: slice) -> "ScoredTokens":
+        return ScoredTokens(self.tokens_N[at], self.sampling_logp_N[at] if self.sampling_logp_N is not None else None,
+                            self.scores.select(at))
+
+
+def distillation_loss(logits_N_V: torch.Tensor, scored: ScoredTokens, opd: OPDConfig, allowed_V) -> torch.Tensor:
+    """Per-token loss_N of the configured form (no normalisation here)."""
+    scores = scored.scores
     if opd.loss == "union_topk_kl":
-        return union_topk_forward_kl_from_scores(logits_B_T_V, scores)
+        return union_topk_forward_kl_from_scores(logits_N_V, scores)
     if opd.loss == "jsd":
         if scores.full_logp_B_T_V is None:
             raise ValueError("opd.loss=jsd needs the teacher's full-vocabulary log-probs (same vocabulary)")
-        return generalized_jsd(logits_B_T_V, scores.full_logp_B_T_V, opd.beta, temperature=1.0)
-    student_logp = token_logp(logits_B_T_V, ro.tokens_B_T, allowed_V)
-    sampling = ro.logprobs_B_T if ro.logprobs_B_T is not None else student_logp.detach()
+        return generalized_jsd(logits_N_V, scores.full_logp_B_T_V, opd.beta, temperature=1.0)
+    student_logp = token_logp(logits_N_V, scored.tokens_N, allowed_V)
+    sampling = scored.sampling_logp_N if scored.sampling_logp_N is not None else student_logp.detach()
     return sampled_token_reverse_kl(student_logp, scores.sampled_logp_B_T, sampling)
 
 
-def update(accelerator, student, optimizer, scheduler, micro: list[MicroBatch], opd: OPDConfig, allowed_V,
-           grad_clip: float) -> dict:
-    """Backward every micro-batch with the global token normalisation, then step (unless non-finite)."""
+def update(engine, micro: list[MicroBatch], opd: OPDConfig, allowed_V, chunk: int = 4096) -> dict:
+    """Backward every micro-batch with the global token normalisation, then step (unless non-finite).
+    The student's logits exist only at scored positions, `chunk` of them at a time."""
+    accelerator, student = engine.accelerator, engine.model
     masks = [mb.scores.mask_B_T for mb in micro if mb.scores is not None]
     n_tokens = global_token_count(masks, accelerator)
     scale = averaged_over(accelerator)
@@ -108,21 +139,27 @@ def update(accelerator, student, optimizer, scheduler, micro: list[MicroBatch], 
         def compute() -> torch.Tensor:
             if mb.rollout is None:
                 return zero_loss(student)
-            logits = rescore(student, mb.batch, mb.rollout)
-            loss = token_mean(distillation_loss(logits, mb, opd, allowed_V), mb.scores.mask_B_T, n_tokens, scale)
+            scored = ScoredTokens.of(mb)
+            agree_N = torch.zeros(len(scored.tokens_N), dtype=torch.bool, device=scored.tokens_N.device)
+
+            def per_token(logits_n_V: torch.Tensor, at: slice) -> torch.Tensor:
+                part = scored[at]
+                with torch.no_grad():  # written again, identically, when the chunk is recomputed
+                    agree_N[at] = logits_n_V.argmax(-1) == part.scores.topk_ids_B_T_K[..., 0]
+                return distillation_loss(logits_n_V, part, opd, allowed_V)
+
+            loss_N = rescore_at(student, mb.batch, mb.rollout, mb.scores.mask_B_T, per_token, chunk)
+            loss = token_mean(loss_N, torch.ones_like(agree_N), n_tokens, scale)
             if opd.ce_weight and _has_reference(mb):
-                loss = loss + opd.ce_weight * _reference_ce(student, mb.batch, ce_tokens, scale)
-            with torch.no_grad():
-                m = mb.scores.mask_B_T
-                if mb.scores.extra_ids_B_T_E is not None:
-                    seen["kl"] += float(union_topk_forward_kl_from_scores(logits.detach(), mb.scores)[m].sum())
-                seen["agree"] += int((logits.detach().argmax(-1) == mb.scores.topk_ids_B_T_K[..., 0])[m].sum())
-                seen["scored"] += int(m.sum())
+                loss = loss + opd.ce_weight * _reference_ce(student, mb.batch, ce_tokens, scale, chunk)
+            if opd.loss == "union_topk_kl":  # the loss is the per-token KL: logged as it is
+                seen["kl"] += float(loss_N.detach().sum())
+            seen["agree"] += int(agree_N.sum())
+            seen["scored"] += len(agree_N)
             return loss
         return compute
 
-    step = accumulate_and_step(accelerator, student, optimizer, scheduler, [micro_loss(mb) for mb in micro],
-                               grad_clip)
+    step = engine.step([micro_loss(mb) for mb in micro])
     sums = torch.tensor([step["local_loss"], seen["kl"], seen["agree"], seen["scored"]], dtype=torch.float64,
                         device=accelerator.device)
     if accelerator.num_processes > 1:
@@ -139,8 +176,8 @@ def _has_reference(mb: MicroBatch) -> bool:
     return mb.on_policy and "labels" in mb.batch
 
 
-def _reference_ce(student, batch: dict, ce_tokens: torch.Tensor, averaged_over: int) -> torch.Tensor:
+def _reference_ce(student, batch: dict, ce_tokens: torch.Tensor, averaged_over: int, chunk: int) -> torch.Tensor:
     """Cross-entropy on the reference transcript: this micro-batch's summed token NLL over the step's
     global count of reference tokens, so that it too is invariant to how the step is split."""
-    out, targets = teacher_forced(student, batch)
-    return token_mean(token_nll(out.logits[:, :-1], targets), targets >= 0, ce_tokens, averaged_over)
+    nll_N, _ = teacher_forced(student, batch, chunk=chunk)
+    return nll_N.sum() * averaged_over / ce_tokens

@@ -9,8 +9,9 @@ token ids between the two vocabularies (train.teachers.token_map).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable, Protocol
 
 import torch
 
@@ -41,6 +42,32 @@ class TokenScores:
     extra_logp_B_T_E: torch.Tensor | None = None
     full_logp_B_T_V: torch.Tensor | None = None
     temperature: float = 1.0
+
+    def select(self, index) -> "TokenScores":
+        """The same positions of every field: `scores.select(mask_B_T)` flattens the scored positions
+        (leading dim N instead of B, T); `.select(slice)` takes some of those."""
+        return TokenScores(**{f.name: (v[index] if isinstance(v := getattr(self, f.name), torch.Tensor) else v)
+                              for f in dataclasses.fields(self)})
+
+
+def score_in_chunks(rows: int, rows_per_forward: int | None,
+                    score_rows: Callable[[slice], tuple[TokenScores, int]]) -> tuple[TokenScores, int]:
+    """`score_rows(rows) -> (TokenScores, dropped positions)` over consecutive slices of at most
+    `rows_per_forward` rollout rows (None: one slice), concatenated along the rows. Each slice's
+    B x T x V logits are gone before the next slice's forward: this bounds a teacher's peak memory."""
+    step = rows_per_forward or max(rows, 1)
+    parts, dropped = [], 0
+    for lo in range(0, max(rows, 1), step):  # an empty rollout still gets (empty) scores
+        part, n = score_rows(slice(lo, lo + step))
+        parts.append(part)
+        dropped += n
+    if len(parts) == 1:
+        return parts[0], dropped
+    values = {}
+    for field in dataclasses.fields(TokenScores):
+        items = [getattr(part, field.name) for part in parts]
+        values[field.name] = torch.cat(items) if isinstance(items[0], torch.Tensor) else items[0]
+    return TokenScores(**values), dropped
 
 
 class Teacher(Protocol):

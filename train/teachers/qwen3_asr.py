@@ -19,6 +19,10 @@ sk, sl, et, lt among our dev languages) or no language: nothing is forced and, a
 inference, the teacher writes its language header itself (greedy, up to `<asr_text>`), then scores the
 student's transcript after it. Scoring the transcript straight after `assistant\\n` would instead teach
 the student to begin with "language".
+
+Speed and memory: the clips of a `score` call are encoded `encode_batch_size` at a time, the clips that
+need a header decode it together with the KV cache, and `rows_per_forward` rollout rows are scored per
+forward. None of these groupings changes a clip's scores (beyond float rounding): see encode_utterances.
 """
 
 from __future__ import annotations
@@ -29,13 +33,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from transformers import Qwen3ASRForConditionalGeneration, Qwen3ASRProcessor
 from transformers.models.qwen3_asr.processing_qwen3_asr import LANGUAGE_CODE_TO_NAME
 
 from train.models.generation import left_padded_positions
 from train.models.weights import raise_on_loading_info, read_config_json
 from train.opd.rollout import Rollout
-from train.teachers.base import TokenScores
+from train.teachers.base import TokenScores, score_in_chunks
 from train.teachers.token_map import DEFAULT_MAX_UNMAPPED_SHARE, TokenMap
 
 PROMPT = ("<|im_start|>system\n<|im_end|>\n<|im_start|>user\n<|audio_start|><|audio_pad|><|audio_end|><|im_end|>\n"
@@ -67,6 +72,7 @@ class Qwen3ASRTeacher:
     student's decodable ids the teacher cannot score.
     `rows_per_forward` bounds memory: full-vocabulary logits of B rows x T tokens x 152k ids are
     large, so rows can be scored in chunks (audio is still encoded once per utterance).
+    `encode_batch_size` bounds the utterances per audio-encoder call and per header decode (None: all).
     `max_header_tokens` bounds the teacher's own language header where no language is forced
     (`<asr_text>` is appended if it has not come by then).
     `dropped_positions` counts, for the last call, rollout positions whose sampled token has no
@@ -75,10 +81,16 @@ class Qwen3ASRTeacher:
 
     def __init__(self, model: Qwen3ASRForConditionalGeneration, processor: Qwen3ASRProcessor, student_processor,
                  student_vocab_size: int | None = None, max_unmapped: float = DEFAULT_MAX_UNMAPPED_SHARE,
-                 rows_per_forward: int | None = None, max_header_tokens: int = 12, name: str = "qwen3_asr"):
+                 rows_per_forward: int | None = None, max_header_tokens: int = 12, encode_batch_size: int | None = 16,
+                 name: str = "qwen3_asr"):
+        for key, value in (("rows_per_forward", rows_per_forward), ("encode_batch_size", encode_batch_size),
+                           ("max_header_tokens", max_header_tokens)):
+            if value is not None and value < 1:
+                raise ValueError(f"{key} must be >= 1, got {value}")
         self.model = model.eval().requires_grad_(False)
         self.processor, self.tokenizer = processor, processor.tokenizer
         self.name, self.rows_per_forward, self.max_header_tokens = name, rows_per_forward, max_header_tokens
+        self.encode_batch_size = encode_batch_size
         self.token_map = TokenMap.for_student(student_processor, self.tokenizer,
                                               student_vocab_size or len(student_processor.tokenizer),
                                               model.config.text_config.vocab_size, max_unmapped_share=max_unmapped,
@@ -153,42 +165,104 @@ class Qwen3ASRTeacher:
                                                       inputs_embeds=embeds, audio_features=audio_rows_N_D)
         return embeds.masked_scatter(where, audio_rows_N_D.to(embeds.dtype))
 
-    def _header(self, prompt_ids_S: torch.Tensor, audio_N_D: torch.Tensor) -> torch.Tensor:
-        """The teacher's own `language X<asr_text>` header, greedy, when no language is forced."""
-        ids = prompt_ids_S[None]
-        for _ in range(self.max_header_tokens):
-            logits = self.model(inputs_embeds=self._embed(ids, audio_N_D), logits_to_keep=1).logits[0, -1]
-            next_id = int(logits.argmax())
-            if next_id in self.stop_ids:
-                break
-            ids = torch.cat([ids, ids.new_tensor([[next_id]])], dim=1)
-            if next_id == self.asr_text_id:
-                return ids[0]
-        return torch.cat([ids[0], ids.new_tensor([self.asr_text_id])])
-
     @torch.no_grad()
     def encode_utterances(self, batch: dict, indices) -> dict[int, UtteranceInputs]:
-        """Prompt ids and audio embeddings of the batch rows `indices`: one encoder call per utterance,
-        features from the teacher's own extractor on each clip alone (so a clip's scores never depend
-        on which clips share its batch)."""
+        """Prompt ids and audio embeddings of the batch rows `indices`, each utterance once.
+
+        A clip's scores never depend on which clips share its batch: each clip is featurised alone
+        (given a list, the processor pads the waveforms first; the last STFT frames of a shorter clip
+        then see zeros instead of their reflection, the padding enters its last encoder chunk, and it can
+        gain a frame and a placeholder), and the encoder, which convolves each 100-frame chunk and
+        attends within windows of one clip, keeps no output of the whole masked chunks that pad it to the
+        longest clip of its encoder call."""
         if batch.get("audio") is None:
             raise ValueError("the Qwen3-ASR teacher needs the raw audio of the batch (batch['audio']), which the "
                              "collator keeps only with keep_audio=True: set data.keep_audio=true")
         self.model.eval()  # whatever a launcher did to it since: dropout would make scores random
+        device, _ = self._device_dtype()
+        # A GPU teacher featurises there too: on a CPU core the STFT of a 30 s clip takes ~0.1 s.
+        on_device = {"device": str(device)} if device.type == "cuda" else {}
+        wanted = sorted({int(i) for i in indices})
+        languages = [batch["languages"][i] if batch.get("languages") else None for i in wanted]
+        inputs = [self.processor(text=[self.prompt(language)], audio=[np.asarray(batch["audio"][i], np.float32)],
+                                 return_tensors="pt", **on_device) for i, language in zip(wanted, languages)]
+        prompts = [x["input_ids"][0].to(device) for x in inputs]
+        audio = self._encode_audio([x["input_features"][0] for x in inputs],
+                                   [x["input_features_mask"][0] for x in inputs],
+                                   [int((p == self.audio_token_id).sum()) for p in prompts])
+        names = [language_name(language) for language in languages]
+        unforced = [j for j, name in enumerate(names) if name is None]
+        for j, ids in zip(unforced, self._headers([prompts[j] for j in unforced], [audio[j] for j in unforced])):
+            prompts[j] = ids
+        return {i: UtteranceInputs(p, a, name) for i, p, a, name in zip(wanted, prompts, audio, names)}
+
+    def _groups(self, sizes: list[int]) -> list[list[int]]:
+        """Indices in groups of at most `encode_batch_size`, similar sizes together (less padding)."""
+        order = sorted(range(len(sizes)), key=sizes.__getitem__)
+        step = self.encode_batch_size or max(len(order), 1)
+        return [order[lo: lo + step] for lo in range(0, len(order), step)]
+
+    def _encode_audio(self, feats: list[torch.Tensor], masks: list[torch.Tensor],
+                      counts: list[int]) -> list[torch.Tensor]:
+        """Projected audio embeddings (audio_N_D) of each clip's features (feats_M_F, mask_F), as many
+        as its prompt has placeholders (`counts`), `encode_batch_size` clips per encoder call."""
         device, dtype = self._device_dtype()
-        out = {}
-        for i in sorted({int(i) for i in indices}):
-            language = batch["languages"][i] if batch.get("languages") else None
-            clip = np.asarray(batch["audio"][i], dtype=np.float32)
-            inputs = self.processor(text=[self.prompt(language)], audio=[clip], return_tensors="pt")
-            audio = self.model.get_audio_features(inputs["input_features"].to(device, dtype),
-                                                  inputs["input_features_mask"].to(device)).pooler_output
-            prompt_ids = inputs["input_ids"][0].to(device)
-            name = language_name(language)
-            if name is None:
-                prompt_ids = self._header(prompt_ids, audio)
-            out[i] = UtteranceInputs(prompt_ids, audio, name)
+        out: list[torch.Tensor | None] = [None] * len(feats)
+        for group in self._groups([f.shape[-1] for f in feats]):
+            # Every clip's frames are already a whole number of encoder chunks, so is the padding.
+            frames = max(feats[j].shape[-1] for j in group)
+            feats_B_M_F = torch.stack([F.pad(feats[j], (0, frames - feats[j].shape[-1])) for j in group])
+            mask_B_F = torch.stack([F.pad(masks[j], (0, frames - masks[j].shape[-1])) for j in group])
+            audio_N_D = self.model.get_audio_features(feats_B_M_F.to(device, dtype), mask_B_F.to(device)).pooler_output
+            sizes = [counts[j] for j in group]
+            if audio_N_D.shape[0] != sum(sizes):
+                raise RuntimeError(f"the audio encoder gave {audio_N_D.shape[0]} embeddings for {sum(sizes)} "
+                                   "placeholders: processor and model disagree on the audio token count")
+            for j, part in zip(group, audio_N_D.split(sizes)):
+                out[j] = part
         return out
+
+    def _headers(self, prompts: list[torch.Tensor], audio: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Each prompt followed by the teacher's own `language X<asr_text>` header (where no language is forced)."""
+        out: list[torch.Tensor | None] = [None] * len(prompts)
+        for group in self._groups([len(p) for p in prompts]):
+            for j, ids in zip(group, self._decode_headers([prompts[j] for j in group], [audio[j] for j in group])):
+                out[j] = ids
+        return out
+
+    def _decode_headers(self, prompts: list[torch.Tensor], audio: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Greedy headers of left-padded prompts with the KV cache: one prefill, then one token a step. A row
+        stops at a stop id (dropped) or `<asr_text>` (kept); `<asr_text>` is appended to a row without one."""
+        device = prompts[0].device
+        width = max(len(p) for p in prompts)
+        ids_B_L = torch.full((len(prompts), width), self.pad_id, dtype=torch.long, device=device)
+        attn_B_L = torch.zeros_like(ids_B_L)
+        for b, p in enumerate(prompts):
+            ids_B_L[b, width - len(p):], attn_B_L[b, width - len(p):] = p, 1
+        positions_B_L = left_padded_positions(attn_B_L)
+        out = self.model(inputs_embeds=self._embed(ids_B_L, torch.cat(audio)), attention_mask=attn_B_L,
+                         position_ids=positions_B_L, use_cache=True, logits_to_keep=1)
+        next_pos_B = positions_B_L[:, -1] + 1
+        headers: list[list[int]] = [[] for _ in prompts]
+        live = [True] * len(prompts)
+        for step in range(self.max_header_tokens):
+            logits_B_V = out.logits[:, -1]
+            # A placeholder in the header would take one of the audio embeddings when the rows are scored.
+            logits_B_V[:, self.audio_token_id] = float("-inf")
+            next_B = logits_B_V.argmax(-1)
+            for b, token in enumerate(next_B.tolist()):
+                if live[b]:
+                    live[b] = token not in self.stop_ids and token != self.asr_text_id
+                    if token not in self.stop_ids:
+                        headers[b].append(token)
+            if not any(live) or step == self.max_header_tokens - 1:
+                break
+            attn_B_L = torch.cat([attn_B_L, torch.ones_like(attn_B_L[:, :1])], dim=1)
+            out = self.model(input_ids=next_B[:, None], attention_mask=attn_B_L, position_ids=next_pos_B[:, None],
+                             cache=out.cache, use_cache=True)
+            next_pos_B = next_pos_B + 1
+        return [torch.cat([p, p.new_tensor(h if h and h[-1] == self.asr_text_id else h + [self.asr_text_id])])
+                for p, h in zip(prompts, headers)]
 
     # ---- scoring ---------------------------------------------------------------------------
     def _logits(self, utts: dict[int, UtteranceInputs], source_B: list[int], teacher_tokens_B_T: torch.Tensor,
@@ -223,28 +297,16 @@ class Qwen3ASRTeacher:
         mask_B_T = rollout.mask_B_T.to(device).bool()
         teacher_tokens_B_T = self.token_map.to_teacher(tokens_B_T)
         extra = extra_ids_B_T_E.to(device) if extra_ids_B_T_E is not None else None
-        step = self.rows_per_forward or len(source_B)
-        parts, dropped = [], 0
-        for lo in range(0, len(source_B), step):
-            rows = slice(lo, lo + step)
+
+        def score_rows(rows: slice) -> tuple[TokenScores, int]:
             logits = self._logits(utts, source_B[rows], teacher_tokens_B_T[rows], mask_B_T[rows])
-            part, n = self.token_map.gather_scores(logits, tokens_B_T[rows], mask_B_T[rows], k, temperature,
-                                                   extra[rows] if extra is not None else None, full)
-            parts.append(part)
-            dropped += n
+            return self.token_map.gather_scores(logits, tokens_B_T[rows], mask_B_T[rows], k, temperature,
+                                                extra[rows] if extra is not None else None, full)
+
+        scores, dropped = score_in_chunks(len(source_B), self.rows_per_forward, score_rows)
         self.dropped_positions = dropped
         self.dropped_positions_total += dropped
-        return _to(_cat_scores(parts), rollout.tokens_B_T.device)
-
-
-def _cat_scores(parts: list[TokenScores]) -> TokenScores:
-    if len(parts) == 1:
-        return parts[0]
-    values = {}
-    for field in dataclasses.fields(TokenScores):
-        items = [getattr(p, field.name) for p in parts]
-        values[field.name] = torch.cat(items) if isinstance(items[0], torch.Tensor) else items[0]
-    return TokenScores(**values)
+        return _to(scores, rollout.tokens_B_T.device)
 
 
 def _to(scores: TokenScores, device: torch.device) -> TokenScores:

@@ -2,25 +2,32 @@
 
 It builds its own prompt (its tokenizer, its placeholder count), takes the audio through its own
 front end when its mel bins differ from the student's, encodes each utterance once and repeats
-the audio embeddings for the n samples of that utterance, and scores the student's tokens.
+the audio embeddings for the n samples of that utterance, and scores the student's tokens,
+`rows_per_forward` rollout rows per forward (None: all at once).
 """
 
 from __future__ import annotations
+
 
 import torch
 
 from train.models.generation import left_padded_positions
 from train.models.processor import HOP_LENGTH
 from train.opd.rollout import Rollout
-from train.teachers.base import TokenScores
+from train.teachers.base import TokenScores, score_in_chunks
 from train.teachers.token_map import TokenMap
 
 
 class SameFamilyTeacher:
+    """A frozen student-shaped model scoring rollouts (the `Teacher` protocol of train.teachers.base).
+    `rows_per_forward` bounds the full-vocabulary logits held at once (rows x tokens x vocab)."""
+
     def __init__(self, model, processor, student_processor, student_vocab_size: int, name: str = "teacher",
-                 language_prompt: bool = False, max_unmapped: float = 0.05):
+                 language_prompt: bool = False, max_unmapped: float = 0.05, rows_per_forward: int | None = None):
+        if rows_per_forward is not None and rows_per_forward < 1:
+            raise ValueError(f"rows_per_forward must be >= 1, got {rows_per_forward}")
         self.model, self.processor, self.name = model.eval(), processor, name
-        self.language_prompt = language_prompt
+        self.language_prompt, self.rows_per_forward = language_prompt, rows_per_forward
         self.model.requires_grad_(False)
         # Identity when the tokenizers agree (the usual case); else strings are matched, EOS aliased.
         self.token_map = TokenMap.for_student(student_processor, processor.tokenizer, student_vocab_size,
@@ -29,11 +36,13 @@ class SameFamilyTeacher:
 
     @classmethod
     def from_pretrained(cls, path, student_processor, student_vocab_size: int, dtype=None, device=None,
-                        **kwargs) -> "SameFamilyTeacher":
+                        rows_per_forward: int | None = None, **kwargs) -> "SameFamilyTeacher":
+        """Any checkpoint `load_student` reads; kwargs (language_prompt, max_unmapped) go to the constructor."""
         from train.models import load_student
 
         model, processor = load_student(path, dtype=dtype, device=device)
-        return cls(model, processor, student_processor, student_vocab_size, name=str(path), **kwargs)
+        return cls(model, processor, student_processor, student_vocab_size, name=str(path),
+                   rows_per_forward=rows_per_forward, **kwargs)
 
     @property
     def device(self) -> torch.device:
@@ -60,17 +69,22 @@ class SameFamilyTeacher:
         per_utt = list(torch.split(audio, [self.processor.audio_token_count(f * HOP_LENGTH) for f in frames]))
         source = rollout.source_B.tolist()
         languages = [batch["languages"][i] if self.language_prompt else None for i in source]
-        prompts = self.processor.prompt_ids([frames[i] * HOP_LENGTH for i in source], languages)
         tokens = self.token_map.to_teacher(rollout.tokens_B_T)
         scored = rollout.mask_B_T & (tokens >= 0)
-        ids = torch.cat([prompts["input_ids"].to(device), tokens.clamp(min=0)], dim=1)
-        attn = torch.cat([prompts["attention_mask"].to(device), scored.long()], dim=1)
-        embeds = self.model.get_input_embeddings()(ids)
-        placeholder = ids == self.processor.audio_token_id
-        embeds = embeds.masked_scatter(placeholder[..., None], torch.cat([per_utt[i] for i in source]).to(embeds.dtype))
-        new = tokens.shape[1]
-        logits = self.model(inputs_embeds=embeds, attention_mask=attn, position_ids=left_padded_positions(attn),
-                            logits_to_keep=new + 1).logits[:, :new]
-        scores, _ = self.token_map.gather_scores(logits, rollout.tokens_B_T, scored, k, temperature, extra_ids_B_T_E,
-                                                 full)
-        return scores
+
+        def score_rows(rows: slice) -> tuple[TokenScores, int]:
+            prompts = self.processor.prompt_ids([frames[i] * HOP_LENGTH for i in source[rows]], languages[rows])
+            ids = torch.cat([prompts["input_ids"].to(device), tokens[rows].clamp(min=0)], dim=1)
+            attn = torch.cat([prompts["attention_mask"].to(device), scored[rows].long()], dim=1)
+            embeds = self.model.get_input_embeddings()(ids)
+            placeholder = ids == self.processor.audio_token_id
+            audio_rows = torch.cat([per_utt[i] for i in source[rows]]).to(embeds.dtype)
+            embeds = embeds.masked_scatter(placeholder[..., None], audio_rows)
+            new = tokens.shape[1]
+            logits = self.model(inputs_embeds=embeds, attention_mask=attn, position_ids=left_padded_positions(attn),
+                                logits_to_keep=new + 1).logits[:, :new]
+            extra = extra_ids_B_T_E[rows] if extra_ids_B_T_E is not None else None
+            return self.token_map.gather_scores(logits, rollout.tokens_B_T[rows], scored[rows], k, temperature, extra,
+                                                full)[0], 0
+
+        return score_in_chunks(len(source), self.rows_per_forward, score_rows)[0]
