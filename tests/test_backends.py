@@ -212,3 +212,22 @@ def test_a_bfloat16_model_trains_float32_masters(tmp_path, tokenizer):
         assert would_have_moved_in_bf16 < 0.5, name  # what the masters are for
         final = load_file(tmp_path / name / "run" / "final" / "model.safetensors")
         assert {v.dtype for v in final.values()} == {torch.bfloat16}, name  # deployed in the config's dtype
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["zero3", "fsdp2"])
+def test_a_sharded_run_resumes_to_the_same_weights(runs, backend, tmp_path):
+    """Resume from the step-3 checkpoint of the run above (sharded weights and optimizer state) into a
+    new folder: the last two steps (one skipped, one applied) end bitwise where the run itself ended."""
+    source = runs[backend]
+    shared = source.parents[1]  # the data and model config of the runs above
+    args = _settings(tmp_path, shared / "data" / "train.jsonl", shared / "data" / "dev.jsonl",
+                     shared / "tiny_untied.yaml", resume=source / "checkpoints" / "step-3")
+    out = run(launcher(backend) + [str(ROOT / "train" / "distill.py")] + args,
+              env_extra={"ARK_OPD_NAN_AT_STEP": str(NAN_STEP)})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "resumed from" in out.stdout + out.stderr
+    assert [m["step"] for m in _metrics(tmp_path / "run")] == [4, 5]
+    a = load_file(source / "final" / "model.safetensors")
+    b = load_file(tmp_path / "run" / "final" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

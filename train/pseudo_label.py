@@ -40,7 +40,7 @@ from train.data.manifest import Utterance, read_manifest
 from train.eval.error_rates import error_rates
 from train.eval.language_id import detect_language
 from train.eval.normalizers import normalize
-from train.eval.timed import Transcriber, _sync
+from train.eval.timed import Transcriber, synchronize
 
 REPETITION_RATIO = 2.4  # Whisper's compression-ratio threshold for looping output
 KILL_AFTER_CHUNK = "ARK_OPD_KILL_AFTER_CHUNKS"  # fault injection: SIGKILL once chunk k is written and recorded
@@ -314,7 +314,7 @@ def transcribe_chunk(job: Job, batches: list[list[int]], items_per_batch) -> tup
     lines, kept, dropped, skipped = [], [], Counter(), Counter()
     audio_seconds = seconds = 0.0
     device = job.transcriber.device
-    _sync(device)
+    synchronize(device)
     for indices in batches:
         items = next(items_per_batch)
         skipped.update(item["skip"] for item in items if item["skip"])
@@ -324,7 +324,7 @@ def transcribe_chunk(job: Job, batches: list[list[int]], items_per_batch) -> tup
         audios = [audio for _, audio in usable]
         start = time.perf_counter()
         texts = job.transcriber.transcribe(audios, [job.utterances[i].language for i, _ in usable])
-        _sync(device)
+        synchronize(device)
         seconds += time.perf_counter() - start
         audio_seconds += sum(len(a) for a in audios) / SAMPLE_RATE
         for (i, _), hyp in zip(usable, texts, strict=True):

@@ -52,7 +52,7 @@ class StudentTranscriber:
                           **self.generate_options)
 
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -112,12 +112,12 @@ def timed_transcription(transcriber: Transcriber, utterances: Sequence[Utterance
     for batch in batches[:warmup_batches]:
         transcriber.transcribe([audios[i] for i in batch], [kept[i].language for i in batch])
     hypotheses: list[str] = [""] * len(kept)
-    _sync(device)
+    synchronize(device)
     elapsed = 0.0
     for batch in batches:
         start = time.perf_counter()
         texts = transcriber.transcribe([audios[i] for i in batch], [kept[i].language for i in batch])
-        _sync(device)
+        synchronize(device)
         elapsed += time.perf_counter() - start
         for i, text in zip(batch, texts):
             hypotheses[i] = text
