@@ -35,9 +35,6 @@ from transformers import get_constant_schedule_with_warmup, get_cosine_with_min_
 from train.config import ConfigError, ModelConfig, RunConfig
 from train.models.ctc import unwrap_student
 
-AMP_DTYPES = {"bf16": torch.bfloat16, "no": torch.float32}
-
-
 def resolve_mixed_precision(cfg: RunConfig, model_cfg: ModelConfig) -> str:
     """`no` or `bf16`, the compute precision of the trained student: `auto` follows the model dtype."""
     if model_cfg.dtype == "float16":

@@ -9,11 +9,9 @@ import torch
 
 from train.engine import averaged_over, zero_loss
 from train.models.ctc import CTCOutput, StudentWithCTC, ctc_loss_per_clip, ctc_targets, infeasible
-from train.models.scored_head import ScoredPositions
+from train.models.scored_head import DEFAULT_CHUNK, ScoredPositions
 from train.opd.losses import token_nll
 from train.opd.reduction import global_token_count, token_mean
-
-DEFAULT_CHUNK = 4096
 
 
 def shifted_targets(batch: dict, device) -> torch.Tensor:

@@ -91,8 +91,7 @@ class DurationBatchSampler:
         if self.tokens is not None and len(indices):
             per_batch = min(per_batch, max(1, int(self.max_batch_tokens // max(float(self.tokens[indices].mean()), 1))))
         pool = max(1, self.pool_batches * per_batch)
-        no_tokens = np.zeros(len(self.durations), dtype=np.int64)
-        tokens = self.tokens if self.tokens is not None else no_tokens
+        tokens = self.tokens if self.tokens is not None else np.zeros(len(self.durations), dtype=np.int64)
         token_cap = self.max_batch_tokens if self.max_batch_tokens is not None else float("inf")
         batches = []
         for start in range(0, len(indices), pool):
@@ -156,7 +155,7 @@ class DurationBatchSampler:
                     "max_batch_tokens"):
             mine = len(self.durations) if key == "num_utterances" else getattr(self, key)
             if state.get(key) != mine:
-                raise ValueError(f"sampler state was saved with {key}={state[key]}, this run has {mine}: "
+                raise ValueError(f"sampler state was saved with {key}={state.get(key)}, this run has {mine}: "
                                  "the same batches cannot be replayed")
         self.epoch, self.start = state["epoch"], state["start"]
         if self.start >= len(self.plan(self.epoch)):

@@ -21,6 +21,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 PerToken = Callable[[torch.Tensor, slice], torch.Tensor]
+DEFAULT_CHUNK = 4096  # optim.logits_chunk's default: 4096 x 151,936 float32 logits are 2.5 GB
 
 
 @dataclass
@@ -35,14 +36,14 @@ class ScoredPositions:
     rows_N: torch.Tensor
     cols_N: torch.Tensor
     per_token: PerToken
-    chunk: int = 4096
+    chunk: int = DEFAULT_CHUNK
 
     @property
     def count(self) -> int:
         return int(self.rows_N.numel())
 
     @classmethod
-    def where(cls, mask_B_S: torch.Tensor, per_token: PerToken, chunk: int = 4096,
+    def where(cls, mask_B_S: torch.Tensor, per_token: PerToken, chunk: int = DEFAULT_CHUNK,
               offset: int = 0) -> "ScoredPositions":
         """The positions where `mask_B_S` is true, shifted right by `offset` columns."""
         rows, cols = mask_B_S.nonzero(as_tuple=True)

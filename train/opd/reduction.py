@@ -2,9 +2,9 @@
 
 Every micro-batch of an optimizer step, on every process, divides its summed loss by the same
 number: the unmasked tokens of the whole step across gradient-accumulation micro-batches and
-processes. DDP/DeepSpeed average gradients over processes and accelerate (or DeepSpeed) divides
-each micro-batch's loss by the accumulation steps, so the sum is multiplied back by
-processes x accumulation steps. Then batch 8 x accumulation 1 and batch 2 x accumulation 4 give
+processes. DDP, DeepSpeed and FSDP average gradients over processes, so the sum is multiplied back
+by the number of processes; train/engine.py sums the micro-batches' gradients without dividing
+(`train.engine.averaged_over`). Then batch 8 x accumulation 1 and batch 2 x accumulation 4 give
 the same update, and a process with short transcripts does not weigh more than one with long ones.
 """
 
@@ -29,6 +29,6 @@ def global_token_count(masks_B_T: list[torch.Tensor], accelerator=None) -> torch
 def token_mean(loss_B_T: torch.Tensor, mask_B_T: torch.Tensor, global_tokens: torch.Tensor | float,
                averaged_over: int = 1) -> torch.Tensor:
     """This micro-batch's share of the step loss: sum over unmasked tokens / global token count,
-    times `averaged_over` = processes x accumulation steps (undoing the averaging the engines apply)."""
+    times `averaged_over` = the processes the engines average gradients over (undoing that average)."""
     masked = torch.where(mask_B_T, loss_B_T, torch.zeros_like(loss_B_T))
     return masked.sum() * averaged_over / global_tokens

@@ -21,6 +21,7 @@ from train.opd.losses import (
     union_topk_forward_kl_from_scores,
 )
 from train.engine import averaged_over, zero_loss
+from train.models.scored_head import DEFAULT_CHUNK
 from train.opd.reduction import global_token_count, token_mean
 from train.opd.rollout import Rollout, rescore_at, rollout
 from train.supervised import shifted_targets, teacher_forced
@@ -51,7 +52,7 @@ def reference_rollout(batch: dict, pad_token_id: int, device) -> Rollout:
 
 @torch.no_grad()
 def collect(student, processor, teacher, batches: list[dict], opd: OPDConfig, on_policy: bool, sample_seed: int,
-            device, all_done=None, chunk: int = 4096) -> list[MicroBatch]:
+            device, all_done=None, chunk: int = DEFAULT_CHUNK) -> list[MicroBatch]:
     """`sample_seed` (this step's): each clip's sampled rollouts are keyed by it and the clip's id, so
     they do not depend on how the step is split into micro-batches or processes. `on_policy` is the
     step's GKD coin, the same on every rank. `all_done` (sharded parameters: every forward is a
@@ -122,7 +123,7 @@ def distillation_loss(logits_N_V: torch.Tensor, scored: ScoredTokens, opd: OPDCo
     return sampled_token_reverse_kl(student_logp, scores.sampled_logp_B_T, sampling)
 
 
-def update(engine, micro: list[MicroBatch], opd: OPDConfig, allowed_V, chunk: int = 4096) -> dict:
+def update(engine, micro: list[MicroBatch], opd: OPDConfig, allowed_V, chunk: int = DEFAULT_CHUNK) -> dict:
     """Backward every micro-batch with the global token normalisation, then step (unless non-finite).
     The student's logits exist only at scored positions, `chunk` of them at a time."""
     accelerator, student = engine.accelerator, engine.model

@@ -8,7 +8,6 @@ the audio embeddings for the n samples of that utterance, and scores the student
 
 from __future__ import annotations
 
-
 import torch
 
 from train.models.generation import left_padded_positions
