@@ -24,15 +24,17 @@ import torch
 from train.config import ModelConfig, load_config
 from train.data.manifest import read_manifest, write_jsonl
 from train.eval.timed import timed_transcription
-from train.models import build_student, generate, load_student
+from train.decode import EAGER, ENGINES, decoder_named
+from train.models import build_student, load_student
 
 
 class ForcedLengthTranscriber:
     """Greedy decoding of exactly ceil(tokens_per_second x longest clip) tokens per batch."""
 
-    def __init__(self, model, processor, tokens_per_second: float, name: str):
+    def __init__(self, model, processor, tokens_per_second: float, name: str, decoder=EAGER):
         self.model, self.processor, self.tokens_per_second, self.name = model, processor, tokens_per_second, name
         self.allowed = processor.allowed_token_mask(model.config.text_config.vocab_size)
+        self.decoder = decoder
 
     @property
     def device(self) -> torch.device:
@@ -43,8 +45,15 @@ class ForcedLengthTranscriber:
         batch = self.processor(audios)
         batch = {k: v.to(self.device, dtype) if v.is_floating_point() else v.to(self.device) for k, v in batch.items()}
         new_tokens = math.ceil(self.tokens_per_second * max(len(a) for a in audios) / 16000)
-        out = generate(self.model, batch, self.allowed, [], self.processor.pad_token_id, max_new_tokens=new_tokens)
+        out = self.decoder.generate(self.model, batch, self.allowed, [], self.processor.pad_token_id,
+                                    max_new_tokens=new_tokens)
         return [self.processor.tokenizer.decode(row.tolist(), skip_special_tokens=True) for row in out.tokens_B_T]
+
+
+def synthetic_utterances(clips: int, seed: int = 0) -> list:
+    """`clips` noise clips of 2-30 s, written to a temporary folder that lives as long as the process."""
+    folder = Path(tempfile.mkdtemp(prefix="bench_eval_"))
+    return read_manifest(_synthetic_manifest(folder, clips, seed))
 
 
 def _synthetic_manifest(folder: Path, clips: int, seed: int) -> Path:
@@ -69,6 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None)
     parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--engine", choices=ENGINES, default="auto", help="decode engine (train/decode/)")
     args = parser.parse_args(argv)
 
     torch.manual_seed(0)
@@ -78,7 +88,8 @@ def main(argv: list[str] | None = None) -> dict:
         cfg = load_config(ModelConfig, args.config, [f"dtype={args.dtype}"] if args.dtype else [])
         model, processor = build_student(cfg, device=args.device)
     model.eval()
-    transcriber = ForcedLengthTranscriber(model, processor, args.tokens_per_second, args.model or args.config)
+    transcriber = ForcedLengthTranscriber(model, processor, args.tokens_per_second, args.model or args.config,
+                                          decoder=decoder_named(args.engine, args.device))
     with tempfile.TemporaryDirectory() as tmp:
         manifest = args.manifest or _synthetic_manifest(Path(tmp), args.clips, seed=0)
         utterances = read_manifest(manifest)
@@ -87,7 +98,8 @@ def main(argv: list[str] | None = None) -> dict:
                and args.device.startswith("cuda") else f"cpu, {torch.get_num_threads()} threads",
                "dtype": str(next(model.parameters()).dtype).removeprefix("torch."), "clips": len(batched.ids),
                "audio_seconds": round(batched.audio_seconds, 1), "batch": args.batch,
-               "tokens_per_second": args.tokens_per_second, "rtfx": round(batched.rtfx, 2)}
+               "tokens_per_second": args.tokens_per_second, "engine": transcriber.decoder.name,
+               "rtfx": round(batched.rtfx, 2)}
         if not args.no_baseline:
             single = timed_transcription(transcriber, utterances, batch_size=1, warmup_batches=1)
             row.update(rtfx_batch_1=round(single.rtfx, 2), batched_speedup=round(batched.rtfx / single.rtfx, 2))

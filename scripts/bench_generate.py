@@ -2,10 +2,12 @@
 
     python scripts/bench_generate.py --config configs/models/ark_asr_3b.yaml            # GPU: bf16 + SDPA
     python scripts/bench_generate.py --config configs/models/tiny.yaml --device cpu    # anywhere
+    python scripts/bench_generate.py --config configs/models/tiny.yaml --device cpu --engine static
 
 A batch of clips of 2-30 s decodes exactly `--new-tokens` tokens (no EOS stop). Prints peak
 memory, audio-seconds per second batched and one clip at a time (the baseline, same run), their
-ratio, and how many clips got the same tokens both ways; appends the row to
+ratio, and how many clips got the same tokens both ways (and, for an engine other than the eager loop,
+how many got the eager loop's tokens: "same_tokens_engine_vs_eager"); appends the row to
 scripts/results/bench_generate.jsonl with the device name.
 """
 
@@ -20,7 +22,8 @@ import numpy as np
 import torch
 
 from train.config import ModelConfig, load_config
-from train.models import build_student, generate
+from train.decode import EAGER, ENGINES, decoder_named
+from train.models import build_student
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_generate.jsonl"
 
@@ -40,11 +43,11 @@ def _to(batch: dict, device: torch.device, dtype: torch.dtype) -> dict:
     return {k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in batch.items()}
 
 
-def _decode(model, processor, clips, device, dtype, new_tokens):
+def _decode(model, processor, clips, device, dtype, new_tokens, decoder=EAGER):
     allowed = processor.allowed_token_mask(model.config.text_config.vocab_size)
     batch = _to(processor(clips), device, dtype)
     # No EOS ids: every row decodes exactly `new_tokens` tokens.
-    return generate(model, batch, allowed, [], processor.pad_token_id, max_new_tokens=new_tokens)
+    return decoder.generate(model, batch, allowed, [], processor.pad_token_id, max_new_tokens=new_tokens)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -57,6 +60,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-seconds", type=float, default=30.0)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--no-baseline", action="store_true", help="skip the one-clip-at-a-time baseline")
+    parser.add_argument("--engine", choices=ENGINES, default="auto",
+                        help="decode engine (train/decode/); its tokens are compared with the eager loop's")
     parser.add_argument("--results", default=str(RESULTS))
     args = parser.parse_args(argv)
 
@@ -72,29 +77,36 @@ def main(argv: list[str] | None = None) -> dict:
     clips = _clips(args.batch, args.min_seconds, args.max_seconds, seed=0)
     audio_s = sum(len(c) for c in clips) / 16000
 
-    _decode(model, processor, clips[:2], device, dtype, 4)  # warm-up: kernels, allocator, caches
+    decoder = decoder_named(args.engine, device)
+    # warm-up: kernels, allocator, and the static engine's buffers and graphs for this shape
+    _decode(model, processor, clips, device, dtype, args.new_tokens, decoder)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     _sync(device)
     t0 = time.perf_counter()
-    batched = _decode(model, processor, clips, device, dtype, args.new_tokens)
+    batched = _decode(model, processor, clips, device, dtype, args.new_tokens, decoder)
     _sync(device)
     batched_s = time.perf_counter() - t0
     row = {
         "config": args.config, "device": torch.cuda.get_device_name(device) if device.type == "cuda"
         else f"cpu, {torch.get_num_threads()} threads", "dtype": str(dtype).removeprefix("torch."),
-        "attn": cfg.attn_implementation, "batch": args.batch, "audio_seconds": round(audio_s, 1),
+        "attn": cfg.attn_implementation, "engine": decoder.name, "batch": args.batch,
+        "audio_seconds": round(audio_s, 1),
         "new_tokens": args.new_tokens, "build_seconds": round(build_s, 1),
         "batched_seconds": round(batched_s, 3), "batched_audio_s_per_s": round(audio_s / batched_s, 1),
         "peak_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda"
         else None,
     }
+    if decoder is not EAGER:
+        eager = _decode(model, processor, clips, device, dtype, args.new_tokens)
+        same = sum(int(torch.equal(a, b)) for a, b in zip(batched.tokens_B_T, eager.tokens_B_T))
+        row["same_tokens_engine_vs_eager"] = f"{same}/{len(clips)}"
     if not args.no_baseline:
         _sync(device)
         t0 = time.perf_counter()
         same = 0
         for i, clip in enumerate(clips):
-            alone = _decode(model, processor, [clip], device, dtype, args.new_tokens)
+            alone = _decode(model, processor, [clip], device, dtype, args.new_tokens, decoder)
             same += int(torch.equal(alone.tokens_B_T[0], batched.tokens_B_T[i]))
         _sync(device)
         single_s = time.perf_counter() - t0

@@ -47,8 +47,9 @@ def data(tmp_path):
     return _manifest(tmp_path / "data", 12), _manifest(tmp_path / "data", 4, name="dev.jsonl")
 
 
-def test_run_folder_and_final_model(tmp_path, data, tokenizer):
+def test_run_folder_and_final_model(tmp_path, data, tokenizer, capsys):
     result = main(parse_args(_overrides(tmp_path, *data)))
+    assert "decode engine: eager (no CUDA device)" in capsys.readouterr().out  # decode.engine=auto, said
     run = tmp_path / "run"
     assert result["step"] == 3
     assert (run / "config.yaml").exists() and (run / "eval" / "step-3.json").exists()
@@ -186,3 +187,22 @@ def test_distill_with_a_qwen3_asr_teacher_checkpoint(tmp_path, data, tokenizer):
     assert result["step"] == 2
     steps = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
     assert all(m["tokens"] > 0 and m["loss"] > 0 for m in steps)
+
+
+def test_the_static_decode_engine_trains_and_evaluates_as_the_eager_loop(tmp_path, data, tokenizer, capsys):
+    """decode.engine reaches the rollouts and the dev evaluation, and the static engine changes nothing
+    there (CPU, float32): the same sampled rollouts, hence the same update and the same dev transcripts."""
+    common = {"max_steps": 2, "opd.do_sample": True, "checkpoint.every": 2, "eval.every": 2}
+    for engine in ("eager", "static"):
+        main(parse_args(_overrides(tmp_path / engine, *data, **common, **{"decode.engine": engine})))
+        assert f"decode engine: {engine}\n" in capsys.readouterr().out
+    runs = {e: tmp_path / e / "run" for e in ("eager", "static")}
+    metrics = {e: [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+               for e, run in runs.items()}
+    for a, b in zip(metrics["eager"], metrics["static"]):
+        assert (a["rollout_length"], a["tokens"]) == (b["rollout_length"], b["tokens"])
+    eager, static = _final_params(runs["eager"]), _final_params(runs["static"])
+    for key in eager:
+        torch.testing.assert_close(static[key], eager[key], rtol=1e-5, atol=1e-6)
+    dev = {e: json.loads((run / "eval" / "step-2.json").read_text()) for e, run in runs.items()}
+    assert dev["static"]["average_rate"] == dev["eager"]["average_rate"]

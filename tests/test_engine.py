@@ -135,7 +135,7 @@ def test_clipping_bounds_the_update(tokenizer):
 
 def test_the_memory_keys_reach_the_model(tmp_path, tokenizer, monkeypatch):
     """optim.logits_chunk sizes the head's chunks in the update, student.gradient_checkpointing turns on
-    activation checkpointing, teacher.score_chunk_rows reaches the teacher: one step of distill."""
+    activation checkpointing, teacher.rows_per_forward reaches the teacher: one step of distill."""
     import train.models.student as student_module
     from tests.test_distill import _manifest, _overrides
     from train import distill
@@ -149,12 +149,13 @@ def test_the_memory_keys_reach_the_model(tmp_path, tokenizer, monkeypatch):
     monkeypatch.setattr(distill, "build_teacher", lambda *a: built.setdefault("teacher", build_teacher(*a)))
     train, dev = _manifest(tmp_path / "data", 4), _manifest(tmp_path / "data", 2, name="dev.jsonl")
     cfg = distill.parse_args(_overrides(tmp_path, train, dev, max_steps=1, **{
-        "optim.logits_chunk": 7, "student.gradient_checkpointing": True, "teacher.score_chunk_rows": 3,
+        "optim.logits_chunk": 7, "student.gradient_checkpointing": True, "teacher.rows_per_forward": 3,
         "eval.listening_clips": 0}))
     result = distill.main(cfg)
     assert result["step"] == 1 and chunks and set(chunks) == {7}
     assert built["teacher"].rows_per_forward == 3
     from train.recipe import build_student_model, student_model_config
 
-    model, _ = build_student_model(cfg, student_model_config(cfg), SimpleNamespace(mixed_precision="no"))
+    model, _ = build_student_model(cfg, student_model_config(cfg),
+                                   SimpleNamespace(mixed_precision="no", device=torch.device("cpu")))
     assert model.is_gradient_checkpointing

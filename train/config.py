@@ -42,6 +42,10 @@ def _require(cond: bool, key: str, msg: str) -> None:
         raise ConfigError(f"{key}: {msg}")
 
 
+# Old dotted key -> new one: a config that still uses an old key is told the new name, not just "not in".
+RENAMED_KEYS: dict[str, str] = {"teacher.score_chunk_rows": "teacher.rows_per_forward"}
+
+
 @dataclass
 class EncoderConfig:
     """Whisper-style audio encoder with partial RoPE (transformers' GlmAsrEncoder)."""
@@ -258,6 +262,8 @@ def _validated(schema, sources, overrides, where):
     except OmegaConfBaseException as err:
         lines = str(err).splitlines()
         key = next((ln.split(":", 1)[1].strip() for ln in lines if ln.strip().startswith("full_key:")), "?")
+        if key in RENAMED_KEYS:
+            raise ConfigError(f"{key}{where}: renamed to {RENAMED_KEYS[key]}") from None
         raise ConfigError(f"{key}{where}: {lines[0]}") from None
     except ConfigError as err:
         raise ConfigError(f"{err}{where}") from None
@@ -308,7 +314,7 @@ class TeacherConfig:
     language_prompt: bool = False
     max_unmapped: float = 0.05  # refuse to distil if more of the student's tokens have no teacher token
     # Rollout rows per teacher forward: its full-vocabulary logits are rows x tokens x vocabulary.
-    score_chunk_rows: Optional[int] = None  # None: all rows of a micro-batch at once
+    rows_per_forward: Optional[int] = None  # None: all rows of a micro-batch at once
 
     def __post_init__(self):
         _require(self.kind in ("same_family", "qwen3_asr"), "teacher.kind",
@@ -317,8 +323,8 @@ class TeacherConfig:
                  "give a checkpoint (or a model config for a random teacher)")
         _require(self.kind == "same_family" or self.checkpoint is not None, "teacher.checkpoint",
                  "a qwen3_asr teacher needs a checkpoint")
-        _require(self.score_chunk_rows is None or self.score_chunk_rows >= 1, "teacher.score_chunk_rows",
-                 f"must be >= 1, got {self.score_chunk_rows}")
+        _require(self.rows_per_forward is None or self.rows_per_forward >= 1, "teacher.rows_per_forward",
+                 f"must be >= 1, got {self.rows_per_forward}")
 
 
 @dataclass
@@ -412,6 +418,25 @@ class EvalConfig:
 
 
 @dataclass
+class DecodeConfig:
+    """How the student decodes in rollouts and dev evaluation (train/decode/)."""
+
+    engine: str = "auto"  # auto (static on CUDA with whole weights, else eager) | eager | static
+    cuda_graphs: bool = True  # static on CUDA: capture each decode step shape once, then replay it
+    compile: bool = False  # static: torch.compile the decode step too
+    check_every: int = 8  # static: decode steps between host checks for "all rows finished" (and compaction)
+    compact: bool = True  # static: move live rows into a smaller batch when finished ones free a bucket
+    length_bucket: int = 64  # static: KV cache lengths are multiples of this (fewer shapes, fewer graphs)
+    bf16_copy: bool = True  # static, bf16 autocast over float32 masters: decode from a bf16 copy of the weights
+
+    def __post_init__(self):
+        _require(self.engine in ("auto", "eager", "static"), "decode.engine",
+                 f"must be auto, eager or static, got {self.engine!r}")
+        _require(self.check_every >= 1, "decode.check_every", f"must be >= 1, got {self.check_every}")
+        _require(self.length_bucket >= 1, "decode.length_bucket", f"must be >= 1, got {self.length_bucket}")
+
+
+@dataclass
 class CheckpointConfig:
     every: int = 50
     keep_last: int = 2
@@ -434,6 +459,7 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     log: LogConfig = field(default_factory=LogConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     max_nonfinite_in_a_row: int = 5  # NaN/inf losses skip their step; this many in a row stop the run
     # Compute precision of the trained student (train/engine.py): auto = the model config's dtype

@@ -56,24 +56,25 @@ def build_teacher(cfg: DistillConfig, student_processor, student_vocab_size: int
         from train.teachers.qwen3_asr import Qwen3ASRTeacher
 
         return Qwen3ASRTeacher.from_pretrained(t.checkpoint, student_processor, dtype=t.dtype, device=device,
-                                               max_unmapped=t.max_unmapped, rows_per_forward=t.score_chunk_rows)
+                                               max_unmapped=t.max_unmapped, rows_per_forward=t.rows_per_forward)
     from train.teachers.same_family import SameFamilyTeacher
 
     if t.checkpoint:
         return SameFamilyTeacher.from_pretrained(t.checkpoint, student_processor, student_vocab_size, dtype=t.dtype,
                                                  device=device, language_prompt=t.language_prompt,
-                                                 max_unmapped=t.max_unmapped, rows_per_forward=t.score_chunk_rows)
+                                                 max_unmapped=t.max_unmapped, rows_per_forward=t.rows_per_forward)
     torch.manual_seed(t.seed)  # a random teacher of a config: for demos and tests
-    model, processor = build_student(load_config(ModelConfig, t.model))
+    model, processor = build_student(load_config(ModelConfig, t.model), device=device)  # built where it runs
     if t.init_std:  # N(0, init_std^2 / fan_in): peaked, varied outputs instead of near-uniform ones
-        gen = torch.Generator().manual_seed(t.seed)
+        gen = torch.Generator(device=model.device).manual_seed(t.seed)  # drawn there too
         with torch.no_grad():
             for p in model.parameters():
                 if p.ndim >= 2:
-                    p.copy_(torch.randn(p.shape, generator=gen) * t.init_std / p.shape[-1] ** 0.5)
-    return SameFamilyTeacher(model.to(device), processor, student_processor, student_vocab_size,
+                    p.copy_(torch.randn(p.shape, generator=gen, device=p.device, dtype=torch.float32)
+                            * t.init_std / p.shape[-1] ** 0.5)
+    return SameFamilyTeacher(model, processor, student_processor, student_vocab_size,
                              name=f"random:{t.model}", language_prompt=t.language_prompt, max_unmapped=t.max_unmapped,
-                             rows_per_forward=t.score_chunk_rows)
+                             rows_per_forward=t.rows_per_forward)
 
 
 def gkd_coin(cfg: DistillConfig, step: int) -> bool:
@@ -123,7 +124,7 @@ def main(cfg: DistillConfig) -> dict:
         on_policy = gkd_coin(cfg, step)
         batches = next_batches(data, cfg.optim.grad_accum, skipped)
         micro = collect(accelerator.unwrap_model(engine.model), processor, teacher, batches, cfg.opd, on_policy,
-                        step_seed, accelerator.device, all_done, chunk=cfg.optim.logits_chunk)
+                        step_seed, accelerator.device, all_done, chunk=cfg.optim.logits_chunk, decoder=engine.decoder)
         rolled = time.perf_counter()
         inject_faults(engine, accelerator, step)
         lr = engine.lr  # this update's

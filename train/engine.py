@@ -32,7 +32,10 @@ from typing import Callable, Sequence
 import torch
 from transformers import get_constant_schedule_with_warmup, get_cosine_with_min_lr_schedule_with_warmup
 
+from accelerate.utils import DistributedType
+
 from train.config import ConfigError, ModelConfig, RunConfig
+from train.decode import make_decoder
 from train.models.ctc import unwrap_student
 
 def resolve_mixed_precision(cfg: RunConfig, model_cfg: ModelConfig) -> str:
@@ -61,6 +64,16 @@ def keep_float32_masters(model: torch.nn.Module) -> int:
     return cast
 
 
+def is_zero3(accelerator) -> bool:
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    return plugin is not None and plugin.zero_stage == 3
+
+
+def params_sharded(accelerator) -> bool:
+    """Whether each rank holds only a shard of the student's weights (DeepSpeed ZeRO-3 or FSDP)."""
+    return is_zero3(accelerator) or accelerator.distributed_type == DistributedType.FSDP
+
+
 def autocast_forward(model: torch.nn.Module, device_type: str) -> None:
     """Every forward of `model` computes in bfloat16, wherever it is called from: the prepared wrapper's
     training forward, and rollouts, dev decoding and the listening probe on the unwrapped student
@@ -73,6 +86,7 @@ def autocast_forward(model: torch.nn.Module, device_type: str) -> None:
             return forward(*args, **kwargs)
 
     model.forward = bf16_forward
+    model.autocast_bf16 = True  # for code that calls the model's parts itself (train/decode/static.py)
 
 
 def build_optimizer(cfg: RunConfig, model: torch.nn.Module):
@@ -142,6 +156,12 @@ class Engine:
             autocast_forward(unwrap_student(student), accelerator.device.type)
         # The scheduler is deliberately not prepared: accelerate would step it once per process.
         self.model, self.optimizer = accelerator.prepare(student, optimizer)
+        # Rollouts and dev decoding (train/decode/): static-cache on CUDA with whole weights, else eager.
+        sharded = params_sharded(accelerator)
+        self.decoder = make_decoder(cfg.decode, accelerator.device, sharded=sharded)
+        why = {"eager": " (parameters are sharded: every rank decodes in step)" if sharded else
+               " (no CUDA device)" if accelerator.device.type != "cuda" else ""}.get(self.decoder.name, "")
+        accelerator.print(f"decode engine: {self.decoder.name}" + (why if cfg.decode.engine == "auto" else ""))
 
     @property
     def lr(self) -> float:

@@ -22,6 +22,7 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
 from train.data.audio import AudioLimits  # noqa: E402
 from train.data.manifest import read_manifest  # noqa: E402
 from train.eval.report import average_rate, markdown_table, plot_error_rates, score_by_language  # noqa: E402
+from train.decode import ENGINES, decoder_named  # noqa: E402
 from train.eval.timed import StudentTranscriber, Transcriber, timed_transcription  # noqa: E402
 
 
@@ -59,13 +60,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: as saved)")
     parser.add_argument("--max-seconds", type=float, default=AudioLimits.max_seconds)
+    parser.add_argument("--decode-engine", choices=ENGINES, default="auto",
+                        help="auto: static-cache on CUDA, eager elsewhere (train/decode/)")
     args = parser.parse_args(argv)
 
     from train.models import load_student
 
     model, processor = load_student(args.model, dtype=args.dtype, device=args.device)
     transcriber = StudentTranscriber(model, processor, name=str(args.model), max_new_tokens=args.max_new_tokens,
-                                     language_prompt=args.language_prompt)
+                                     language_prompt=args.language_prompt,
+                                     generate_options={"decoder": decoder_named(args.decode_engine, args.device)})
     report, rows = evaluate(transcriber, args.manifest, args.batch_size,
                             AudioLimits(max_seconds=args.max_seconds), args.hyps)
     out = Path(args.out)

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, InitProcessGroupKwargs, gather_object
+from accelerate.utils import InitProcessGroupKwargs, gather_object
+from transformers.integrations import is_deepspeed_zero3_enabled
 
 from train.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from train.config import ConfigError, ModelConfig, RunConfig, config_to_yaml, load_config
@@ -21,7 +22,7 @@ from train.data.audio import AudioLimits, SkipCounter
 from train.eval.listening import ListeningProbe
 from train.eval.periodic import PeriodicEvaluator
 from train.eval.timed import StudentTranscriber
-from train.engine import resolve_mixed_precision, storage_dtype
+from train.engine import is_zero3, params_sharded, resolve_mixed_precision, storage_dtype
 from train.models import build_student, configure_training, load_student, save_student
 from train.models.build import DTYPES, frozen_random_parts
 from train.models.ctc import StudentWithCTC, student_state_dict, unwrap_student
@@ -116,15 +117,23 @@ def no_zero3_init(accelerator, unless_asked: bool = False):
         hf_deepspeed._hf_deepspeed_config_weak_ref = registered
 
 
+def build_device(accelerator) -> torch.device | None:
+    """Where to build a model: straight on the accelerator's device (a 3B model initialises there in
+    seconds, not minutes of CPU init), except inside DeepSpeed's zero.Init, which partitions the weights
+    as they are made and places them itself (None)."""
+    return None if is_deepspeed_zero3_enabled() else accelerator.device
+
+
 def build_student_model(cfg: RunConfig, model_cfg: ModelConfig, accelerator):
     """The student from `student.checkpoint`, or built with its parts' `init_*_from` weights, in the
     dtype the precision policy stores it in (train/engine.py makes its trained parts float32 masters)."""
     dtype = storage_dtype(accelerator.mixed_precision, model_cfg)
+    device = build_device(accelerator)
     if cfg.student.checkpoint:
-        model, processor = load_student(cfg.student.checkpoint, dtype=dtype)
+        model, processor = load_student(cfg.student.checkpoint, dtype=dtype, device=device)
         model = configure_training(model, model_cfg)
     else:
-        model, processor = build_student(dataclasses.replace(model_cfg, dtype=dtype))
+        model, processor = build_student(dataclasses.replace(model_cfg, dtype=dtype), device=device)
     if cfg.student.gradient_checkpointing:
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -238,23 +247,14 @@ def decoding_sync(accelerator):
     return all_done
 
 
-def is_zero3(accelerator) -> bool:
-    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
-    return plugin is not None and plugin.zero_stage == 3
-
-
-def params_sharded(accelerator) -> bool:
-    """Whether each rank holds only a shard of the student's weights (DeepSpeed ZeRO-3 or FSDP)."""
-    return is_zero3(accelerator) or accelerator.distributed_type == DistributedType.FSDP
-
-
 def run_dev_eval(evaluator, step, engine, processor, cfg, accelerator) -> dict | None:
     model = unwrap_student(accelerator.unwrap_model(engine.model))
     was_training = model.training
     model.eval()
     report = evaluator.evaluate(step, StudentTranscriber(model, processor, max_new_tokens=cfg.eval.max_new_tokens,
                                                          language_prompt=cfg.eval.language_prompt,
-                                                         generate_options={"all_done": decoding_sync(accelerator)}),
+                                                         generate_options={"all_done": decoding_sync(accelerator),
+                                                                           "decoder": engine.decoder}),
                                 model=model)
     model.train(was_training)
     if report is not None and accelerator.log_with:  # eval/history.jsonl keeps them in the run folder

@@ -42,13 +42,14 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
 
 from train.data.manifest import Utterance  # noqa: E402
 from train.eval.timed import Transcriber, timed_transcription  # noqa: E402
+from train.decode import ENGINES, decoder_named  # noqa: E402
 from train.models.weights import read_config_json  # noqa: E402
 from train.pseudo_label import (RunMismatch, compression_ratio, drop_reason, merge_shards,  # noqa: E402,F401
                                 pseudo_label)
 
 
 def load_transcriber(model_dir: str, device: str, dtype: str | None, max_new_tokens: int,
-                     language_prompt: bool) -> Transcriber:
+                     language_prompt: bool, decode_engine: str = "auto") -> Transcriber:
     if read_config_json(model_dir).get("model_type") == "qwen3_asr":
         from train.eval.qwen3_asr_transcriber import Qwen3ASRTranscriber
 
@@ -59,7 +60,8 @@ def load_transcriber(model_dir: str, device: str, dtype: str | None, max_new_tok
 
     model, processor = load_student(model_dir, dtype=dtype, device=device)
     return StudentTranscriber(model, processor, name=str(model_dir), max_new_tokens=max_new_tokens,
-                              language_prompt=language_prompt)
+                              language_prompt=language_prompt,
+                              generate_options={"decoder": decoder_named(decode_engine, device)})
 
 
 # A few decoding processes keep a GPU fed; more than the cores this process may use only contend.
@@ -103,6 +105,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK (or cuda) if there is one, else cpu")
     parser.add_argument("--dtype", default=None)
+    parser.add_argument("--decode-engine", choices=ENGINES, default="auto",
+                        help="the student's decoder: auto = static-cache on CUDA, eager elsewhere (train/decode/)")
     parser.add_argument("--drop-empty", action="store_true")
     parser.add_argument("--drop-repetitive", action="store_true")
     parser.add_argument("--drop-wrong-language", action="store_true")
@@ -139,7 +143,8 @@ def main(argv: list[str] | None = None) -> dict:
             report = merge_shards(args.out, args.shards)
             print(json.dumps(report, indent=2))
             return report
-        transcriber = load_transcriber(args.model, args.device, args.dtype, args.max_new_tokens, args.language_prompt)
+        transcriber = load_transcriber(args.model, args.device, args.dtype, args.max_new_tokens, args.language_prompt,
+                                       args.decode_engine)
         if args.manifest:
             report = pseudo_label(
                 transcriber, args.manifest, args.out, args.batch_size, drop_empty=args.drop_empty,

@@ -193,12 +193,28 @@ def test_a_template_that_renders_another_prompt_is_refused(student):
 
 
 def test_from_pretrained_loads_a_saved_teacher_and_refuses_other_checkpoints(teacher, batch, sampled, student,
-                                                                           tmp_path):
+                                                                           tmp_path, monkeypatch):
+    import train.teachers.qwen3_asr as qwen3_asr
+
     teacher.model.save_pretrained(tmp_path / "hf")
     teacher.processor.save_pretrained(tmp_path / "hf")
+    loads, model_class = [], qwen3_asr.Qwen3ASRForConditionalGeneration
+
+    class Recorded:  # the real class, with its from_pretrained arguments recorded
+        @staticmethod
+        def from_pretrained(*args, **kwargs):
+            loads.append(kwargs)
+            return model_class.from_pretrained(*args, **kwargs)
+
+    monkeypatch.setattr(qwen3_asr, "Qwen3ASRForConditionalGeneration", Recorded)
     # As distill.py calls it; the student's vocabulary defaults to its tokenizer's length.
     loaded = Qwen3ASRTeacher.from_pretrained(tmp_path / "hf", student[1], dtype="float32", device="cpu",
                                              max_unmapped=0.05)
+    # Loaded where it runs (no CPU copy first); without a device, where transformers puts it.
+    assert loads[-1]["device_map"] == torch.device("cpu")
+    assert {p.device for p in loaded.model.parameters()} == {torch.device("cpu")}
+    Qwen3ASRTeacher.from_pretrained(tmp_path / "hf", student[1])
+    assert "device_map" not in loads[-1]
     assert loaded.model.config.text_config.vocab_size == TEACHER_VOCAB_SIZE
     assert loaded.name == "qwen3_asr:hf" and loaded.token_map.student_vocab_size == len(student[1].tokenizer)
     torch.testing.assert_close(loaded.score(batch, sampled, k=2).sampled_logp_B_T,

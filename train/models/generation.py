@@ -27,7 +27,8 @@ from train.models.token_filter import apply_token_filter
 class Generated:
     """tokens_B_T: new ids (pad after EOS); logprobs_B_T: log p(token) under the model's filtered
     distribution at temperature 1 (0 where masked); mask_B_T: True up to and including EOS;
-    topk_ids_B_T_K: the model's k most likely (filtered) ids at each step, when asked for."""
+    topk_ids_B_T_K: the model's k most likely (filtered) ids at each step, when asked for (meaningful where
+    mask_B_T is true)."""
 
     tokens_B_T: torch.Tensor
     logprobs_B_T: torch.Tensor
@@ -76,6 +77,21 @@ def keyed_sample(scores_B_V: torch.Tensor, keys_B: torch.Tensor, step: int) -> t
     return (scores_B_V.double() + gumbel).argmax(-1)
 
 
+def sampling_warp(temperature: float, top_p: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """scores_B_V -> the scores sampling draws from: temperature, then top-p (transformers' warpers)."""
+    warpers = []
+    if temperature != 1.0:
+        warpers.append(TemperatureLogitsWarper(temperature))
+    if top_p < 1.0:
+        warpers.append(TopPLogitsWarper(top_p))
+
+    def warp(scores_B_V: torch.Tensor) -> torch.Tensor:
+        for warper in warpers:
+            scores_B_V = warper(None, scores_B_V)
+        return scores_B_V
+    return warp
+
+
 @torch.no_grad()
 def generate(model, batch: dict[str, torch.Tensor], allowed_V: torch.Tensor, eos_token_ids: list[int],
              pad_token_id: int, max_new_tokens: int = 256, do_sample: bool = False, temperature: float = 1.0,
@@ -98,11 +114,7 @@ def generate(model, batch: dict[str, torch.Tensor], allowed_V: torch.Tensor, eos
     attn_B_S = batch["attention_mask"]
     positions_B_S = left_padded_positions(attn_B_S)
     eos_ids = torch.tensor(sorted(set(eos_token_ids)), device=device)
-    warpers = []
-    if do_sample and temperature != 1.0:
-        warpers.append(TemperatureLogitsWarper(temperature))
-    if do_sample and top_p < 1.0:
-        warpers.append(TopPLogitsWarper(top_p))
+    warp = sampling_warp(temperature, top_p)
 
     out = model(input_ids=batch["input_ids"], input_features=batch["input_features"],
                 input_features_mask=batch["input_features_mask"], attention_mask=attn_B_S,
@@ -118,9 +130,7 @@ def generate(model, batch: dict[str, torch.Tensor], allowed_V: torch.Tensor, eos
         if return_topk:
             topks.append(filtered_B_V.topk(min(return_topk, filtered_B_V.shape[-1]), dim=-1).indices)
         if do_sample:
-            scores_B_V = filtered_B_V
-            for warp in warpers:
-                scores_B_V = warp(None, scores_B_V)
+            scores_B_V = warp(filtered_B_V)
             if sample_keys_B is not None:
                 next_B = keyed_sample(scores_B_V, sample_keys_B, step)
             else:
@@ -147,12 +157,15 @@ def generate(model, batch: dict[str, torch.Tensor], allowed_V: torch.Tensor, eos
                      torch.stack(topks, 1) if return_topk else None)
 
 
-def transcribe(model, processor, audios, languages=None, max_new_tokens: int = 256, **options) -> list[str]:
-    """Text for each 16 kHz mono clip: one batched decode (greedy unless `do_sample=True`)."""
+def transcribe(model, processor, audios, languages=None, max_new_tokens: int = 256, decoder=None,
+               **options) -> list[str]:
+    """Text for each 16 kHz mono clip: one batched decode (greedy unless `do_sample=True`), by `decoder`
+    (a train.decode engine; default: this module's eager loop)."""
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     batch = processor(audios, languages)
     batch = {k: (v.to(device, dtype) if v.is_floating_point() else v.to(device)) for k, v in batch.items()}
-    out = generate(model, batch, processor.allowed_token_mask(model.config.text_config.vocab_size),
-                   processor.eos_token_ids, processor.pad_token_id, max_new_tokens, **options)
+    decode = decoder.generate if decoder is not None else generate
+    out = decode(model, batch, processor.allowed_token_mask(model.config.text_config.vocab_size),
+                 processor.eos_token_ids, processor.pad_token_id, max_new_tokens, **options)
     return [processor.decode(row[mask].tolist()) for row, mask in zip(out.tokens_B_T, out.mask_B_T)]

@@ -56,10 +56,11 @@ def _model_inputs(batch: dict, source_B: torch.Tensor, device, dtype) -> dict:
 @torch.no_grad()
 def rollout(model, processor, batch: dict, n_samples: int = 1, max_new_tokens: int = 256, do_sample: bool = False,
             temperature: float = 1.0, top_p: float = 1.0, generator: torch.Generator | None = None,
-            topk: int | None = None, all_done=None, sample_seed: int | None = None) -> Rollout:
+            topk: int | None = None, all_done=None, sample_seed: int | None = None, decoder=None) -> Rollout:
     """Sample `n_samples` transcripts per utterance of `batch` (a collator batch) with the student.
     With `sample_seed`, each clip's samples are keyed by (sample_seed, its id, sample index) instead
-    of drawn from `generator` (see `clip_sample_keys`)."""
+    of drawn from `generator` (see `clip_sample_keys`). `decoder`: a train.decode engine (default: the
+    eager reference loop)."""
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
     param = next(model.parameters())
@@ -73,12 +74,13 @@ def rollout(model, processor, batch: dict, n_samples: int = 1, max_new_tokens: i
     was_training = model.training
     model.eval()
     try:
-        out = generate(model, {"input_ids": prompt_ids, "attention_mask": prompt_mask,
-                               **_model_inputs(batch, source_B, device, dtype)},
-                       processor.allowed_token_mask(model.config.text_config.vocab_size), processor.eos_token_ids,
-                       processor.pad_token_id, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                       temperature=temperature, top_p=top_p, generator=generator, return_topk=topk,
-                       all_done=all_done, sample_keys_B=keys)
+        decode = decoder.generate if decoder is not None else generate
+        out = decode(model, {"input_ids": prompt_ids, "attention_mask": prompt_mask,
+                             **_model_inputs(batch, source_B, device, dtype)},
+                     processor.allowed_token_mask(model.config.text_config.vocab_size), processor.eos_token_ids,
+                     processor.pad_token_id, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                     temperature=temperature, top_p=top_p, generator=generator, return_topk=topk,
+                     all_done=all_done, sample_keys_B=keys)
     finally:
         model.train(was_training)
     return Rollout(tokens_B_T=out.tokens_B_T, mask_B_T=out.mask_B_T, logprobs_B_T=out.logprobs_B_T,

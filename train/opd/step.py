@@ -52,11 +52,12 @@ def reference_rollout(batch: dict, pad_token_id: int, device) -> Rollout:
 
 @torch.no_grad()
 def collect(student, processor, teacher, batches: list[dict], opd: OPDConfig, on_policy: bool, sample_seed: int,
-            device, all_done=None, chunk: int = DEFAULT_CHUNK) -> list[MicroBatch]:
+            device, all_done=None, chunk: int = DEFAULT_CHUNK, decoder=None) -> list[MicroBatch]:
     """`sample_seed` (this step's): each clip's sampled rollouts are keyed by it and the clip's id, so
     they do not depend on how the step is split into micro-batches or processes. `on_policy` is the
     step's GKD coin, the same on every rank. `all_done` (sharded parameters: every forward is a
-    collective) also makes every rank roll out a micro-batch if any rank's lacks transcripts."""
+    collective) also makes every rank roll out a micro-batch if any rank's lacks transcripts. `decoder`:
+    the train.decode engine that rolls out (default: the eager reference)."""
     out = []
     for batch in batches:
         if not batch["size"]:
@@ -68,7 +69,7 @@ def collect(student, processor, teacher, batches: list[dict], opd: OPDConfig, on
             ro = rollout(student, processor, batch, n_samples=opd.n_samples, max_new_tokens=opd.max_new_tokens,
                          do_sample=opd.do_sample, temperature=opd.sample_temperature, top_p=opd.top_p,
                          topk=opd.k if opd.loss == "union_topk_kl" else None, all_done=all_done,
-                         sample_seed=sample_seed)
+                         sample_seed=sample_seed, decoder=decoder)
         else:
             ro = reference_rollout(batch, processor.pad_token_id, device)
         extra = ro.student_topk_ids_B_T_K

@@ -27,7 +27,6 @@ forward. None of these groupings changes a clip's scores (beyond float rounding)
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +39,8 @@ from transformers.models.qwen3_asr.processing_qwen3_asr import LANGUAGE_CODE_TO_
 from train.models.generation import left_padded_positions
 from train.models.weights import raise_on_loading_info, read_config_json
 from train.opd.rollout import Rollout
-from train.teachers.base import TokenScores, score_in_chunks
+from train.teachers.base import TokenScores
+from train.teachers.scoring import TeacherModel, embed_with_audio, score_rollout
 from train.teachers.token_map import DEFAULT_MAX_UNMAPPED_SHARE, TokenMap
 
 PROMPT = ("<|im_start|>system\n<|im_end|>\n<|im_start|>user\n<|audio_start|><|audio_pad|><|audio_end|><|im_end|>\n"
@@ -126,11 +126,11 @@ class Qwen3ASRTeacher:
             name, dtype = dtype, getattr(torch, dtype, None)
             if not isinstance(dtype, torch.dtype):
                 raise ValueError(f"teacher dtype {name!r} is not a torch dtype (float32, bfloat16, float16)")
+        # Straight onto the device: a CPU copy first would cost the time and host memory of a second load.
+        placement = {"device_map": torch.device(device)} if device is not None else {}
         model, info = Qwen3ASRForConditionalGeneration.from_pretrained(path, dtype=dtype or "auto",
-                                                                       output_loading_info=True)
+                                                                       output_loading_info=True, **placement)
         raise_on_loading_info(info, f"teacher {path}")
-        if device is not None:
-            model = model.to(device)
         kwargs.setdefault("name", f"qwen3_asr:{Path(path).name}")
         return cls(model, Qwen3ASRProcessor.from_pretrained(path), student_processor, **kwargs)
 
@@ -156,14 +156,11 @@ class Qwen3ASRTeacher:
         param = next(self.model.parameters())
         return param.device, param.dtype
 
-    def _embed(self, ids_B_L: torch.Tensor, audio_rows_N_D: torch.Tensor,
-               audio_ids_B_L: torch.Tensor | None = None) -> torch.Tensor:
-        """Token embeddings with the audio placeholders (found in `audio_ids_B_L`, default `ids_B_L`)
-        replaced by the audio embeddings in row-major order, as Qwen3ASRModel.forward does."""
-        embeds = self.model.get_input_embeddings()(ids_B_L)
-        where = self.model.model.get_placeholder_mask(audio_ids_B_L if audio_ids_B_L is not None else ids_B_L,
-                                                      inputs_embeds=embeds, audio_features=audio_rows_N_D)
-        return embeds.masked_scatter(where, audio_rows_N_D.to(embeds.dtype))
+    def _embed(self, ids_B_L: torch.Tensor, audio_rows_N_D: torch.Tensor) -> torch.Tensor:
+        """Token embeddings with the audio placeholders replaced by the audio embeddings in row-major order,
+        as Qwen3ASRModel.forward does (for the header decode; scoring builds its rows in train.teachers.scoring)."""
+        return embed_with_audio(self.model.get_input_embeddings(), ids_B_L, ids_B_L == self.audio_token_id,
+                                audio_rows_N_D)
 
     @torch.no_grad()
     def encode_utterances(self, batch: dict, indices) -> dict[int, UtteranceInputs]:
@@ -265,50 +262,24 @@ class Qwen3ASRTeacher:
                 for p, h in zip(prompts, headers)]
 
     # ---- scoring ---------------------------------------------------------------------------
-    def _logits(self, utts: dict[int, UtteranceInputs], source_B: list[int], teacher_tokens_B_T: torch.Tensor,
-                mask_B_T: torch.Tensor) -> torch.Tensor:
-        """Teacher logits_B_T_Vt at the positions that predict each rollout token: left-padded prompts
-        (each row its utterance's), then the mapped tokens; one forward over inputs_embeds. A sampled
-        token with no teacher equivalent stands as the teacher's pad token (its own score is dropped)."""
-        prompts = [utts[s].prompt_ids_S for s in source_B]
-        width, new = max(len(p) for p in prompts), teacher_tokens_B_T.shape[1]
-        ids = torch.full((len(prompts), width + new), self.pad_id, dtype=torch.long, device=teacher_tokens_B_T.device)
-        attn = torch.zeros_like(ids)
-        for b, p in enumerate(prompts):
-            ids[b, width - len(p): width], attn[b, width - len(p): width] = p, 1
-        # Rollout tokens never stand for audio: placeholders are looked up in the prompt columns only.
-        audio_ids = ids.clone()
-        ids[:, width:] = teacher_tokens_B_T.masked_fill(teacher_tokens_B_T < 0, self.pad_id)
-        attn[:, width:] = mask_B_T.long()
-        embeds = self._embed(ids, torch.cat([utts[s].audio_embeds_N_D for s in source_B]), audio_ids)
-        out = self.model(inputs_embeds=embeds, attention_mask=attn, position_ids=left_padded_positions(attn),
-                         logits_to_keep=new + 1)
-        # Kept: the prompt's last position (predicts token 0) ... the last token (predicts nothing scored).
-        return out.logits[:, :new]
+    def _forward(self, embeds_B_L_D, attention_mask_B_L, position_ids_B_L, logits_to_keep: int) -> torch.Tensor:
+        return self.model(inputs_embeds=embeds_B_L_D, attention_mask=attention_mask_B_L, position_ids=position_ids_B_L,
+                          logits_to_keep=logits_to_keep).logits
 
     @torch.no_grad()
     def score(self, batch: dict, rollout: Rollout, extra_ids_B_T_E: torch.Tensor | None = None, k: int = 32,
               temperature: float = 1.0, full: bool = False) -> TokenScores:
-        """TokenScores of every rollout position, in the student's vocabulary (see train.teachers.base)."""
+        """TokenScores of every rollout position, in the student's vocabulary (see train.teachers.base): each
+        row is its utterance's prompt and header, then the student's tokens (train.teachers.scoring)."""
         device, _ = self._device_dtype()
         source_B = [int(s) for s in rollout.source_B.tolist()]
         utts = self.encode_utterances(batch, source_B)
-        tokens_B_T = rollout.tokens_B_T.to(device)
-        mask_B_T = rollout.mask_B_T.to(device).bool()
-        teacher_tokens_B_T = self.token_map.to_teacher(tokens_B_T)
-        extra = extra_ids_B_T_E.to(device) if extra_ids_B_T_E is not None else None
-
-        def score_rows(rows: slice) -> tuple[TokenScores, int]:
-            logits = self._logits(utts, source_B[rows], teacher_tokens_B_T[rows], mask_B_T[rows])
-            return self.token_map.gather_scores(logits, tokens_B_T[rows], mask_B_T[rows], k, temperature,
-                                                extra[rows] if extra is not None else None, full)
-
-        scores, dropped = score_in_chunks(len(source_B), self.rows_per_forward, score_rows)
+        model = TeacherModel(self.model.get_input_embeddings(), self._forward, self.audio_token_id, self.pad_id,
+                             device)
+        scores, dropped = score_rollout(model, self.token_map, [utts[s].prompt_ids_S for s in source_B],
+                                        [utts[s].audio_embeds_N_D for s in source_B], rollout.tokens_B_T,
+                                        rollout.mask_B_T, self.rows_per_forward, extra_ids_B_T_E, k, temperature,
+                                        full)
         self.dropped_positions = dropped
         self.dropped_positions_total += dropped
-        return _to(scores, rollout.tokens_B_T.device)
-
-
-def _to(scores: TokenScores, device: torch.device) -> TokenScores:
-    return TokenScores(**{f.name: (v.to(device) if isinstance(v := getattr(scores, f.name), torch.Tensor) else v)
-                          for f in dataclasses.fields(TokenScores)})
+        return scores

@@ -2,24 +2,27 @@
 
 It builds its own prompt (its tokenizer, its placeholder count), takes the audio through its own
 front end when its mel bins differ from the student's, encodes each utterance once and repeats
-the audio embeddings for the n samples of that utterance, and scores the student's tokens,
-`rows_per_forward` rollout rows per forward (None: all at once).
+the audio embeddings for the n samples of that utterance; train.teachers.scoring scores the
+student's tokens, `rows_per_forward` rollout rows per forward (None: all at once).
 """
 
 from __future__ import annotations
 
 import torch
 
-from train.models.generation import left_padded_positions
 from train.models.processor import HOP_LENGTH
 from train.opd.rollout import Rollout
-from train.teachers.base import TokenScores, score_in_chunks
+from train.teachers.base import TokenScores
+from train.teachers.scoring import TeacherModel, score_rollout
 from train.teachers.token_map import TokenMap
 
 
 class SameFamilyTeacher:
     """A frozen student-shaped model scoring rollouts (the `Teacher` protocol of train.teachers.base).
-    `rows_per_forward` bounds the full-vocabulary logits held at once (rows x tokens x vocab)."""
+    `rows_per_forward` bounds the full-vocabulary logits held at once (rows x tokens x vocab).
+    `dropped_positions` counts, for the last call, rollout positions whose sampled token has no teacher
+    equivalent (only with another tokenizer; removed from the returned mask); `dropped_positions_total`
+    over all calls."""
 
     def __init__(self, model, processor, student_processor, student_vocab_size: int, name: str = "teacher",
                  language_prompt: bool = False, max_unmapped: float = 0.05, rows_per_forward: int | None = None):
@@ -28,6 +31,7 @@ class SameFamilyTeacher:
         self.model, self.processor, self.name = model.eval(), processor, name
         self.language_prompt, self.rows_per_forward = language_prompt, rows_per_forward
         self.model.requires_grad_(False)
+        self.dropped_positions = self.dropped_positions_total = 0
         # Identity when the tokenizers agree (the usual case); else strings are matched, EOS aliased.
         self.token_map = TokenMap.for_student(student_processor, processor.tokenizer, student_vocab_size,
                                               model.config.text_config.vocab_size, max_unmapped_share=max_unmapped,
@@ -57,33 +61,28 @@ class SameFamilyTeacher:
                              f"student {student_bins}: the batch must carry raw audio (data.keep_audio=true)")
         return self.processor.features(batch["audio"])
 
+    def _forward(self, embeds_B_L_D, attention_mask_B_L, position_ids_B_L, logits_to_keep: int) -> torch.Tensor:
+        return self.model(inputs_embeds=embeds_B_L_D, attention_mask=attention_mask_B_L, position_ids=position_ids_B_L,
+                          logits_to_keep=logits_to_keep).logits
+
     @torch.no_grad()
     def score(self, batch: dict, rollout: Rollout, extra_ids_B_T_E: torch.Tensor | None = None, k: int = 32,
               temperature: float = 1.0, full: bool = False) -> TokenScores:
+        """TokenScores of every rollout position (train.teachers.scoring does the rows, forward and gather)."""
         device, dtype = self.device, next(self.model.parameters()).dtype
         feats, mask = self._features(batch)
         # Each utterance's audio once, however many samples the rollout drew from it.
         audio = self.model.model.get_audio_features(feats.to(device, dtype), mask.to(device)).pooler_output
-        frames = mask.sum(-1).tolist()
-        per_utt = list(torch.split(audio, [self.processor.audio_token_count(f * HOP_LENGTH) for f in frames]))
-        source = rollout.source_B.tolist()
-        languages = [batch["languages"][i] if self.language_prompt else None for i in source]
-        tokens = self.token_map.to_teacher(rollout.tokens_B_T)
-        scored = rollout.mask_B_T & (tokens >= 0)
-
-        def score_rows(rows: slice) -> tuple[TokenScores, int]:
-            prompts = self.processor.prompt_ids([frames[i] * HOP_LENGTH for i in source[rows]], languages[rows])
-            ids = torch.cat([prompts["input_ids"].to(device), tokens[rows].clamp(min=0)], dim=1)
-            attn = torch.cat([prompts["attention_mask"].to(device), scored[rows].long()], dim=1)
-            embeds = self.model.get_input_embeddings()(ids)
-            placeholder = ids == self.processor.audio_token_id
-            audio_rows = torch.cat([per_utt[i] for i in source[rows]]).to(embeds.dtype)
-            embeds = embeds.masked_scatter(placeholder[..., None], audio_rows)
-            new = tokens.shape[1]
-            logits = self.model(inputs_embeds=embeds, attention_mask=attn, position_ids=left_padded_positions(attn),
-                                logits_to_keep=new + 1).logits[:, :new]
-            extra = extra_ids_B_T_E[rows] if extra_ids_B_T_E is not None else None
-            return self.token_map.gather_scores(logits, rollout.tokens_B_T[rows], scored[rows], k, temperature, extra,
-                                                full)[0], 0
-
-        return score_in_chunks(len(source), self.rows_per_forward, score_rows)[0]
+        samples = [int(f) * HOP_LENGTH for f in mask.sum(-1).tolist()]
+        per_utt = torch.split(audio, [self.processor.audio_token_count(n) for n in samples])
+        source = [int(s) for s in rollout.source_B.tolist()]
+        prompts = {i: self.processor.prompt_ids([samples[i]], [batch["languages"][i] if self.language_prompt
+                                                               else None])["input_ids"][0] for i in set(source)}
+        model = TeacherModel(self.model.get_input_embeddings(), self._forward, self.processor.audio_token_id,
+                             self.processor.pad_token_id, device)
+        scores, dropped = score_rollout(model, self.token_map, [prompts[i] for i in source],
+                                        [per_utt[i] for i in source], rollout.tokens_B_T, rollout.mask_B_T,
+                                        self.rows_per_forward, extra_ids_B_T_E, k, temperature, full)
+        self.dropped_positions = dropped
+        self.dropped_positions_total += dropped
+        return scores

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from train.teachers.base import TokenScores, gather_scores
+from train.teachers.base import TokenScores, gather_scores, logp_at, logsumexp_B_T, topk_logp
 
 DEFAULT_MAX_UNMAPPED_SHARE = 0.05
 
@@ -132,7 +132,7 @@ class TokenMap:
         """TokenScores in the student's vocabulary from teacher logits aligned with the rollout, and the
         number of rollout positions dropped because the sampled token has no teacher equivalent.
 
-        Log-softmax runs over the teacher's FULL vocabulary, then values are gathered at mapped ids:
+        Log-probs are over the teacher's FULL vocabulary (value - logsumexp), gathered at mapped ids:
         scattering into the student's vocabulary and normalising there would renormalise over a
         subset (the teacher's mass on its own specials would vanish) and count EOS aliases twice.
         Dropped positions have sampled_logp 0 and are False in mask_B_T. A sampled EOS alias is scored as
@@ -145,23 +145,23 @@ class TokenMap:
                              f"and teacher {self.teacher_name} differ: use top-k and extra ids instead")
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
-        logits = logits_B_T_Vt.float()
-        logp1_B_T_Vt = torch.log_softmax(logits, dim=-1)
-        logpT_B_T_Vt = logp1_B_T_Vt if temperature == 1.0 else torch.log_softmax(logits / temperature, dim=-1)
+        lse1_B_T = logsumexp_B_T(logits_B_T_Vt)
+        lseT_B_T = lse1_B_T if temperature == 1.0 else logsumexp_B_T(logits_B_T_Vt, temperature)
         teacher_tokens_B_T = self.to_teacher(tokens_B_T)
         mappable_B_T = teacher_tokens_B_T >= 0
-        sampled = logp1_B_T_Vt.gather(-1, teacher_tokens_B_T.clamp(min=0)[..., None]).squeeze(-1)
+        sampled = logp_at(logits_B_T_Vt, teacher_tokens_B_T.clamp(min=0)[..., None], lse1_B_T).squeeze(-1)
         sampled = sampled.masked_fill(~mappable_B_T, 0.0)
-        topk_logp, topk_teacher_ids = logpT_B_T_Vt.topk(min(k, logits.shape[-1]), dim=-1)
+        top_logp, top_teacher_ids = topk_logp(logits_B_T_Vt, k, lseT_B_T, temperature)
         extra_logp = None
         if extra_ids_B_T_E is not None:
             teacher_extra = self.to_teacher(extra_ids_B_T_E)
             # An EOS alias (<|user|> -> <|im_end|>) is not the student id of <|im_end|>: -inf, as if absent.
             own = (teacher_extra >= 0) & (self.to_student(teacher_extra) == extra_ids_B_T_E)
-            extra_logp = logpT_B_T_Vt.gather(-1, teacher_extra.clamp(min=0)).masked_fill(~own, float("-inf"))
+            extra_logp = logp_at(logits_B_T_Vt, teacher_extra.clamp(min=0), lseT_B_T, temperature)
+            extra_logp = extra_logp.masked_fill(~own, float("-inf"))
         dropped = int((mask_B_T.bool() & ~mappable_B_T).sum())
-        scores = TokenScores(sampled_logp_B_T=sampled, topk_ids_B_T_K=self.to_student(topk_teacher_ids),
-                             topk_logp_B_T_K=topk_logp, mask_B_T=mask_B_T.bool() & mappable_B_T,
+        scores = TokenScores(sampled_logp_B_T=sampled, topk_ids_B_T_K=self.to_student(top_teacher_ids),
+                             topk_logp_B_T_K=top_logp, mask_B_T=mask_B_T.bool() & mappable_B_T,
                              extra_ids_B_T_E=extra_ids_B_T_E, extra_logp_B_T_E=extra_logp, temperature=temperature)
         return scores, dropped
 
