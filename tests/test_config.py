@@ -61,3 +61,28 @@ def test_bare_no_means_no_mixed_precision(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("mixed_precision: no\ndata:\n  train:\n    - path: x.jsonl\n")
     assert load_config(DistillConfig, path).mixed_precision == "no"
+
+
+def test_an_error_says_whether_the_key_came_from_the_file_or_an_override(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("optim:\n  lr: 0.001\n  warmup: 3\n")
+    with pytest.raises(ConfigError, match=r"optim\.warmup in .*run\.yaml"):
+        load_config(DistillConfig, path)
+    with pytest.raises(ConfigError, match=r"optim\.grad_accum \(from the override 'optim\.grad_accum=0'\): must be >= 1"):
+        load_config(DistillConfig, "configs/distill/tiny_random_teacher.yaml", ["optim.grad_accum=0"])
+    with pytest.raises(ConfigError, match=r"optim\.betaz \(from the override 'optim\.betaz=1'\)"):
+        load_config(DistillConfig, "configs/distill/tiny_random_teacher.yaml", ["optim.betaz=1"])
+    with pytest.raises(ConfigError, match=r"--config .*nope\.yaml: no such file"):
+        load_config(DistillConfig, tmp_path / "nope.yaml")
+
+
+def test_one_manifest_may_be_given_without_the_list(tmp_path):
+    """`data.train=x.jsonl` (and `train: x.jsonl` in a file) mean a list of one source."""
+    cfg = load_config(DistillConfig, "configs/distill/tiny_random_teacher.yaml",
+                      ["data.train=a/train.jsonl", "data.dev=a/dev.jsonl"])
+    assert [s.path for s in cfg.data.train] == ["a/train.jsonl"] and [s.path for s in cfg.data.dev] == ["a/dev.jsonl"]
+    path = tmp_path / "run.yaml"
+    path.write_text("data:\n  train: b/train.jsonl\n")
+    assert [s.path for s in load_config(DistillConfig, path).data.train] == ["b/train.jsonl"]
+    listed = load_config(DistillConfig, "configs/distill/tiny_random_teacher.yaml", ["data.train=[{path: c.jsonl}]"])
+    assert [s.path for s in listed.data.train] == ["c.jsonl"]

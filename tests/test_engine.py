@@ -121,6 +121,13 @@ def test_a_nonfinite_step_changes_nothing_and_does_not_advance_the_schedule(toke
     assert out["nonfinite"] is False and engine.state_dict()["last_epoch"] == position["last_epoch"] + 1
 
 
+def test_a_schedule_that_cannot_leave_its_warm_up_is_said_at_start(tokenizer, capsys):
+    _engine(tokenizer, warmup_steps=4)  # max_steps=4: the lr never reaches optim.lr
+    assert "optim.warmup_steps=4 >= max_steps=4: the schedule never leaves its warm-up" in capsys.readouterr().out
+    _engine(tokenizer, warmup_steps=3)
+    assert "warm-up" not in capsys.readouterr().out
+
+
 def test_clipping_bounds_the_update(tokenizer):
     updates = {}
     for clip in (0.0, 1e-3):

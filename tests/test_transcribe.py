@@ -291,10 +291,11 @@ def test_three_shards_merge_to_the_unsharded_output(tmp_path):
     assert max(totals) - min(totals) <= max(durations)  # every third of the duration order: balanced
 
 
-def test_launchers_choose_the_shard_and_device(monkeypatch):
+def test_launchers_choose_the_shard_and_device(monkeypatch, tmp_path):
     from train.transcribe import parse_args
 
-    argv = ["--model", "m", "--manifest", "in.jsonl", "--out", "out.jsonl"]
+    (tmp_path / "in.jsonl").write_text("")
+    argv = ["--model", "m", "--manifest", str(tmp_path / "in.jsonl"), "--out", "out.jsonl"]
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("RANK", "2")
     monkeypatch.setenv("LOCAL_RANK", "1")

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, TypeVar
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 T = TypeVar("T")
@@ -237,23 +237,47 @@ class DataConfig:
 
 
 def load_config(schema: type[T], path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> T:
-    """Build `schema` from its defaults, then the YAML file at `path`, then dotted `key=value` overrides."""
+    """Build `schema` from its defaults, then the YAML file at `path`, then dotted `key=value` overrides.
+    An error names the key and where it came from: the override that set it, or the file."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key=value")
-    where = f" in {path}" if path else ""
-    if overrides:
-        where += f" (overrides: {' '.join(overrides)})"
-    return _validated(schema, lambda: [OmegaConf.load(path)] if path is not None else [],
-                      list(overrides), where)
+    overrides = [_source_list_override(item) for item in overrides]
+
+    def origin(key: str) -> str:
+        given = [item for item in overrides if item.split("=", 1)[0] == key or key.startswith(item.split("=", 1)[0] + ".")]
+        if given:
+            return f" (from the override {given[-1]!r})"
+        return f" in {path}" if path else ""
+
+    def sources():
+        if path is None:
+            return []
+        if not Path(path).is_file():
+            raise ConfigError(f"--config {path}: no such file")
+        loaded = OmegaConf.load(path)
+        for name in ("train", "dev"):  # `data: {train: x.jsonl}`: one manifest, given without the list
+            if isinstance(loaded.get("data"), DictConfig) and isinstance(loaded.data.get(name), str):
+                loaded.data[name] = [{"path": loaded.data[name]}]
+        return [loaded]
+
+    return _validated(schema, sources, list(overrides), origin)
+
+
+def _source_list_override(item: str) -> str:
+    """`data.train=x.jsonl` (a bare path where a list of sources goes) -> `data.train=[{path: x.jsonl}]`."""
+    key, value = item.split("=", 1)
+    if key in ("data.train", "data.dev") and value and not value.lstrip().startswith("["):
+        return f"{key}=[{{path: {value}}}]"
+    return item
 
 
 def config_from_dict(schema: type[T], data: dict) -> T:
     """Same validation as `load_config`, from an in-memory dict."""
-    return _validated(schema, lambda: [OmegaConf.create(data)], [], "")
+    return _validated(schema, lambda: [OmegaConf.create(data)], [], lambda key: "")
 
 
-def _validated(schema, sources, overrides, where):
+def _validated(schema, sources, overrides, origin):
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema), *sources())
         if overrides:
@@ -263,10 +287,11 @@ def _validated(schema, sources, overrides, where):
         lines = str(err).splitlines()
         key = next((ln.split(":", 1)[1].strip() for ln in lines if ln.strip().startswith("full_key:")), "?")
         if key in RENAMED_KEYS:
-            raise ConfigError(f"{key}{where}: renamed to {RENAMED_KEYS[key]}") from None
-        raise ConfigError(f"{key}{where}: {lines[0]}") from None
+            raise ConfigError(f"{key}{origin(key)}: renamed to {RENAMED_KEYS[key]}") from None
+        raise ConfigError(f"{key}{origin(key)}: {lines[0]}") from None
     except ConfigError as err:
-        raise ConfigError(f"{err}{where}") from None
+        key, _, rest = str(err).partition(":")
+        raise ConfigError(f"{key}{origin(key.split('[', 1)[0])}:{rest}") from None
 
 
 def config_to_dict(cfg) -> dict:

@@ -149,6 +149,10 @@ class Engine:
         self.inject_nonfinite = False  # fault injection for the tests: this rank's next step gets a NaN loss
         keep_float32_masters(student)
         optimizer, self.scheduler = build_optimizer(cfg, student)
+        if cfg.optim.warmup_steps >= cfg.max_steps:
+            accelerator.print(f"warning: optim.warmup_steps={cfg.optim.warmup_steps} >= max_steps={cfg.max_steps}: "
+                              "the schedule never leaves its warm-up (the first update is at lr 0, the last at "
+                              f"{(cfg.max_steps - 1) / cfg.optim.warmup_steps:.0%} of optim.lr)")
         self.deepspeed = _deepspeed_plugin(accelerator) is not None
         if self.deepspeed:
             _configure_deepspeed(accelerator, cfg)

@@ -49,7 +49,10 @@ from train.pseudo_label import (RunMismatch, compression_ratio, drop_reason, mer
 
 
 def load_transcriber(model_dir: str, device: str, dtype: str | None, max_new_tokens: int,
-                     language_prompt: bool, decode_engine: str = "auto") -> Transcriber:
+                     language_prompt: bool | None, decode_engine: str = "auto") -> Transcriber:
+    """A Qwen3-ASR or student transcriber; `language_prompt` None: as the student was trained."""
+    if (problem := check_model_dir(model_dir)) is not None:
+        raise SystemExit(f"--model {problem}")
     if read_config_json(model_dir).get("model_type") == "qwen3_asr":
         from train.eval.qwen3_asr_transcriber import Qwen3ASRTranscriber
 
@@ -58,9 +61,11 @@ def load_transcriber(model_dir: str, device: str, dtype: str | None, max_new_tok
     from train.eval.timed import StudentTranscriber
     from train.models import load_student
 
+    from train.models.processor import prompt_with_language
+
     model, processor = load_student(model_dir, dtype=dtype, device=device)
     return StudentTranscriber(model, processor, name=str(model_dir), max_new_tokens=max_new_tokens,
-                              language_prompt=language_prompt,
+                              language_prompt=prompt_with_language(language_prompt, processor),
                               generate_options={"decoder": decoder_named(decode_engine, device)})
 
 
@@ -93,6 +98,31 @@ def default_device() -> str:
     return f"cuda:{local_rank}" if local_rank is not None else "cuda"
 
 
+def check_model_dir(path: str) -> str | None:
+    """Why `path` is not a model directory, or None."""
+    if not Path(path).is_dir():
+        return f"{path}: no such directory"
+    if not (Path(path) / "config.json").is_file():
+        return f"{path}: no config.json there (not a model directory)"
+    return None
+
+
+def check_inputs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """What the run reads and writes, checked before a model loads: errors name the flag and the path
+    (the model directory is checked by `load_transcriber`, first)."""
+    for path in args.audio:
+        if not Path(path).is_file():
+            parser.error(f"{path}: no such audio file")
+    if args.manifest:
+        if not args.manifest.startswith("hf:") and not Path(args.manifest.split("#")[0]).exists():
+            parser.error(f"--manifest {args.manifest}: no such manifest")
+        if Path(args.out).is_dir():
+            parser.error(f"--out {args.out}: is a directory; give the output manifest's path, e.g. {args.out}/pseudo.jsonl")
+        if args.max_wer is not None:
+            print("note: --max-wer compares with each line's reference transcript; lines without one are kept "
+                  "whatever their WER (it does nothing on unlabelled audio)")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="checkpoint directory (not needed with --merge)")
@@ -100,7 +130,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--manifest", help="manifest to pseudo-label (manifest mode)")
     parser.add_argument("--out", help="output manifest (manifest mode, --merge)")
     parser.add_argument("--language", help="ISO code forced for every file (file mode)")
-    parser.add_argument("--language-prompt", action="store_true", help="tell the model each line's language")
+    parser.add_argument("--language-prompt", action=argparse.BooleanOptionalAction, default=None,
+                        help="tell the model each line's language (default: as the model was trained, from its "
+                             "ark_opd_prompt.json; on with --language)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK (or cuda) if there is one, else cpu")
@@ -130,7 +162,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if min(args.batch_size, args.chunk_size) < 1 or args.num_workers < 0:
         parser.error("--batch-size and --chunk-size must be >= 1, --num-workers >= 0")
     if args.audio:
-        args.language_prompt = args.language_prompt or args.language is not None
+        if args.language is not None and args.language_prompt is None:
+            args.language_prompt = True
+    elif args.language is not None:
+        print(f"warning: --language {args.language} is ignored in manifest mode: each line's own language is used")
+    check_inputs(parser, args)
     args.shard = args.shard or launcher_shard()
     args.device = args.device or default_device()
     return args
@@ -151,7 +187,9 @@ def main(argv: list[str] | None = None) -> dict:
                 drop_repetitive=args.drop_repetitive, drop_wrong_language=args.drop_wrong_language,
                 max_wer=args.max_wer, chunk_size=args.chunk_size, num_workers=args.num_workers, shard=args.shard,
                 overwrite=args.overwrite, settings={"max_new_tokens": args.max_new_tokens,
-                                                    "language_prompt": args.language_prompt, "dtype": args.dtype})
+                                                    "language_prompt": getattr(transcriber, "language_prompt",
+                                                                               args.language_prompt),
+                                                    "dtype": args.dtype})
             print(json.dumps(report, indent=2))
             return report
     except RunMismatch as err:

@@ -255,14 +255,17 @@ def _load_processor(path: Path, audio_token_id: int, num_mel_bins: int, merge_fa
         feature_extractor = WhisperFeatureExtractor.from_pretrained(path)
     else:
         feature_extractor = make_feature_extractor(num_mel_bins)
-    tokens, prompt = TokensConfig(audio_token_id=audio_token_id), PromptConfig()
+    tokens, prompt, language_prompt = TokensConfig(audio_token_id=audio_token_id), PromptConfig(), None
     if (path / PROMPT_FILE).exists():
         saved = json.loads((path / PROMPT_FILE).read_text())
         tokens = config_from_dict(TokensConfig, saved["tokens"])
         prompt = config_from_dict(PromptConfig, saved["prompt"])
+        language_prompt = saved.get("language_prompt")
+        if language_prompt not in (None, True, False):
+            raise ValueError(f"{path / PROMPT_FILE}: language_prompt must be true or false, got {language_prompt!r}")
     # The checkpoint's own audio token id wins over anything remembered elsewhere.
     tokens = replace(tokens, audio_token_id=audio_token_id)
-    return ArkProcessor(tokenizer, feature_extractor, tokens, prompt, merge_factor)
+    return ArkProcessor(tokenizer, feature_extractor, tokens, prompt, merge_factor, language_prompt)
 
 
 def load_student(path: str | Path, dtype: str | torch.dtype | None = None, attn_implementation: str = "sdpa",

@@ -45,7 +45,12 @@ class ArkProcessor:
     """Tokenizer + Whisper log-mel front end + the ARK prompt format."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, feature_extractor: WhisperFeatureExtractor,
-                 tokens: TokensConfig | None = None, prompt: PromptConfig | None = None, merge_factor: int = 4):
+                 tokens: TokensConfig | None = None, prompt: PromptConfig | None = None, merge_factor: int = 4,
+                 language_prompt: bool | None = None):
+        # How the model was prompted in training: True = with each clip's language (`language_instruction`),
+        # False = without, None = not recorded (a fresh model, an older checkpoint, a released ARK model).
+        # Saved in ark_opd_prompt.json; `prompt_with_language` makes it the default wherever the model decodes.
+        self.language_prompt = language_prompt
         self.tokenizer = tokenizer
         self.feature_extractor = feature_extractor
         self.tokens = tokens or TokensConfig()
@@ -181,9 +186,18 @@ class ArkProcessor:
         path = Path(path)
         self.tokenizer.save_pretrained(path)
         self.feature_extractor.save_pretrained(path)
-        (path / PROMPT_FILE).write_text(json.dumps(
-            {"tokens": asdict(self.tokens), "prompt": asdict(self.prompt_cfg), "merge_factor": self.merge_factor},
-            indent=2) + "\n")
+        saved = {"tokens": asdict(self.tokens), "prompt": asdict(self.prompt_cfg), "merge_factor": self.merge_factor}
+        if self.language_prompt is not None:
+            saved["language_prompt"] = self.language_prompt
+        (path / PROMPT_FILE).write_text(json.dumps(saved, indent=2) + "\n")
+
+
+def prompt_with_language(asked: bool | None, processor: "ArkProcessor") -> bool:
+    """Whether to tell the model each clip's language: as asked (a flag, a config key), else as the model
+    was trained (its ark_opd_prompt.json), else not."""
+    if asked is not None:
+        return asked
+    return bool(processor.language_prompt)
 
 
 def make_feature_extractor(num_mel_bins: int = 128) -> WhisperFeatureExtractor:

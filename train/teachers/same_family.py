@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from train.models.processor import HOP_LENGTH
+from train.models.processor import HOP_LENGTH, prompt_with_language
 from train.opd.rollout import Rollout
 from train.teachers.base import TokenScores
 from train.teachers.scoring import TeacherModel, score_rollout
@@ -25,11 +25,13 @@ class SameFamilyTeacher:
     over all calls."""
 
     def __init__(self, model, processor, student_processor, student_vocab_size: int, name: str = "teacher",
-                 language_prompt: bool = False, max_unmapped: float = 0.05, rows_per_forward: int | None = None):
+                 language_prompt: bool | None = None, max_unmapped: float = 0.05, rows_per_forward: int | None = None):
         if rows_per_forward is not None and rows_per_forward < 1:
             raise ValueError(f"rows_per_forward must be >= 1, got {rows_per_forward}")
         self.model, self.processor, self.name = model.eval(), processor, name
-        self.language_prompt, self.rows_per_forward = language_prompt, rows_per_forward
+        # None: prompted as the teacher was trained (its ark_opd_prompt.json), else without the language.
+        self.language_prompt = prompt_with_language(language_prompt, processor)
+        self.rows_per_forward = rows_per_forward
         self.model.requires_grad_(False)
         self.dropped_positions = self.dropped_positions_total = 0
         # Identity when the tokenizers agree (the usual case); else strings are matched, EOS aliased.

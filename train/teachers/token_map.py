@@ -92,7 +92,7 @@ class TokenMap:
                 f"{self.unmapped_share:.2%} of the student's decodable ids ({len(self.unmapped_decodable_ids)} of "
                 f"{self.num_decodable}) have no teacher token with the same string, above the limit of "
                 f"{max_unmapped_share:.2%}. The teacher cannot score those tokens; pick a teacher with the same "
-                "base vocabulary (or raise max_unmapped_share knowingly).")
+                "base vocabulary (or raise the config key teacher.max_unmapped knowingly).")
         if student_eos_ids and self.teacher_eos_id is None:
             raise ValueError(f"teacher tokenizer {self.teacher_name} has no {teacher_eos_token} and no eos token: "
                              "nothing to score the student's end of transcript with")
