@@ -206,3 +206,55 @@ def test_the_static_decode_engine_trains_and_evaluates_as_the_eager_loop(tmp_pat
         torch.testing.assert_close(static[key], eager[key], rtol=1e-5, atol=1e-6)
     dev = {e: json.loads((run / "eval" / "step-2.json").read_text()) for e, run in runs.items()}
     assert dev["static"]["average_rate"] == dev["eager"]["average_rate"]
+
+
+def _history_steps(path: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in path.read_text().splitlines()]
+
+
+def test_a_resume_refuses_changed_settings_before_building_anything(tmp_path, data, tokenizer, monkeypatch):
+    """A setting that changes what the saved state means (optim.lr) is refused before any model is built,
+    with the diff and the ways out; a launch that fails at start leaves the run's config.yaml as it was."""
+    main(parse_args(_overrides(tmp_path, *data, max_steps=2)))
+    run = tmp_path / "run"
+    saved = (run / "config.yaml").read_text()
+    assert (run / "checkpoints" / "step-2" / "config.yaml").read_text() == saved
+    from train import distill
+
+    built = []
+
+    def fail_at_start(*args, **kwargs):
+        built.append(args)
+        raise RuntimeError("injected: the launch fails at start")
+
+    monkeypatch.setattr(distill, "build_student_model", fail_at_start)
+    with pytest.raises(ConfigError) as refused:
+        main(parse_args(_overrides(tmp_path, *data, max_steps=2, **{"optim.lr": 1e-2})))
+    message = str(refused.value)
+    assert "optim.lr: 0.001 → 0.01" in message and "output_dir" in message and "resume=never" in message
+    assert built == []  # refused before any model was built
+    with pytest.raises(RuntimeError, match="injected"):  # an allowed change, then a failure at start
+        main(parse_args(_overrides(tmp_path, *data, max_steps=3)))
+    assert len(built) == 1
+    assert (run / "config.yaml").read_text() == saved
+
+
+def test_extending_a_finished_run_keeps_its_final_evaluation(tmp_path, data, tokenizer, capsys):
+    """Run 3 steps (dev evaluation every 2, and at the end), then extend to 4: the final evaluation of
+    step 3 came after the step-3 checkpoint, and must still be in the history the extension writes."""
+    main(parse_args(_overrides(tmp_path, *data, max_steps=3, **{"eval.every": 2})))
+    run = tmp_path / "run"
+    assert _history_steps(run / "eval" / "history.jsonl") == [2, 3]
+    capsys.readouterr()
+    result = main(parse_args(_overrides(tmp_path, *data, max_steps=4, **{"eval.every": 2})))
+    out = capsys.readouterr().out
+    assert "resuming with changed settings: max_steps 3 → 4" in out and "resumed from" in out
+    assert result["step"] == 4
+    assert _history_steps(run / "eval" / "history.jsonl") == [2, 3, 4]
+    state = json.loads((run / "checkpoints" / "step-4" / "trainer_state.json").read_text())
+    assert [h["step"] for h in state["evaluator"]["history"]] == [2, 3, 4]
+    assert "max_steps: 4" in (run / "checkpoints" / "step-4" / "config.yaml").read_text()
+    assert "max_steps: 4" in (run / "config.yaml").read_text()
+    main(parse_args(_overrides(tmp_path, *data, max_steps=4, **{"eval.every": 2})))  # again: nothing to add
+    assert "resuming with changed settings" not in capsys.readouterr().out
+    assert _history_steps(run / "eval" / "history.jsonl") == [2, 3, 4]

@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.test_distill import _manifest
+from train.config import ConfigError
 from train.sft import main, parse_args
 
 
@@ -93,3 +94,38 @@ def test_ctc_batch_8_x_accum_1_equals_batch_2_x_accum_4(tmp_path, tokenizer):
     b = load_file(tmp_path / "b/run/final/model.safetensors")
     for key in a:  # tolerance as in test_distill's accumulation test (Adam amplifies float32 order noise)
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=5e-6)
+
+
+def _without_text(path, name: str, text: str | None = None):
+    """A copy of the manifest with every transcript removed (or replaced by `text`)."""
+    rows = [json.loads(x) for x in path.read_text().splitlines()]
+    rows = [{**{k: v for k, v in r.items() if k != "text"}, **({} if text is None else {"text": text}),
+             "id": f"{name}-{r['id']}"} for r in rows]
+    out = path.with_name(name)
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return out
+
+
+def test_an_unlabelled_clip_costs_the_labelled_clips_of_its_batch_nothing(tmp_path, tokenizer, capsys):
+    good = _manifest(tmp_path / "data", 1)
+    dev = _manifest(tmp_path / "data", 1, name="dev.jsonl")
+    mixed = tmp_path / "data" / "mixed.jsonl"  # the good line, and the same clip with an empty transcript
+    mixed.write_text(good.read_text() + _without_text(good, "empty.jsonl", text="").read_text())
+    main(_args(tmp_path, mixed, dev, max_steps=1, **{"checkpoint.every": 1}))
+    assert f"warning: data.train: {mixed}: 1 of 2 lines have no transcript: dropped from this supervised stage" \
+        in capsys.readouterr().out
+    step = _metrics(tmp_path / "run")[0]
+    text = json.loads(good.read_text())["text"]
+    alone = len(tokenizer(text, add_special_tokens=False)["input_ids"]) + 1  # the good clip's tokens and EOS
+    assert step["tokens"] == alone and step["loss"] > 0  # it was tokens 1, loss 0: nothing trained
+
+
+def test_sft_on_audio_without_transcripts_fails_before_building_a_model(tmp_path, monkeypatch):
+    import train.sft
+
+    pool = _without_text(_manifest(tmp_path / "data", 2), "pool.jsonl")
+    dev = _manifest(tmp_path / "data", 1, name="dev.jsonl")
+    monkeypatch.setattr(train.sft, "build_student_model", lambda *a, **k: pytest.fail("a model was built"))
+    with pytest.raises(ConfigError, match=f"no line of {pool} has a transcript.*train/transcribe.py.*train/distill.py"):
+        main(_args(tmp_path, pool, dev))
+    assert not (tmp_path / "run").exists()

@@ -16,7 +16,15 @@ from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, gather_object
 from transformers.integrations import is_deepspeed_zero3_enabled
 
-from train.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from train.checkpoint import (
+    CONFIG_FILE,
+    STATE_FILE,
+    load_checkpoint,
+    resolve_resume,
+    save_checkpoint,
+    saved_config,
+    update_trainer_state,
+)
 from train.config import ConfigError, ModelConfig, RunConfig, config_to_yaml, load_config
 from train.data.audio import AudioLimits, SkipCounter
 from train.eval.listening import ListeningProbe
@@ -26,8 +34,10 @@ from train.engine import is_zero3, params_sharded, resolve_mixed_precision, stor
 from train.models import build_student, configure_training, load_student, save_student
 from train.models.build import DTYPES, frozen_random_parts
 from train.models.ctc import StudentWithCTC, student_state_dict, unwrap_student
+from train.run_config import resume_changes
 
 TOY_DIR = "data/toy_tts"
+PENDING_CONFIG = ".tmp-" + CONFIG_FILE  # this launch's settings, until the run starts (resume_run)
 
 
 def student_model_config(cfg: RunConfig) -> ModelConfig:
@@ -87,13 +97,34 @@ def ensure_toy_corpus(cfg: RunConfig, accelerator) -> None:
 
 
 def prepare_run_dir(cfg: RunConfig, accelerator) -> Path:
+    """The run folder, and a resume checked against the settings its checkpoint was saved under, before
+    any model is built. config.yaml is not written yet: `resume_run` does, once the run starts, so a
+    launch that fails before that leaves the folder's record of its settings as it was."""
     run_dir = Path(cfg.output_dir)
+    settings = config_to_yaml(cfg)  # as launched: the recipe may fill in derived keys later (data.keep_audio)
+    check_resume_settings(cfg, run_dir, settings, accelerator)  # every rank: a refusal must stop them all
     if accelerator.is_main_process:
         for sub in ("checkpoints", "eval", "plots"):
             (run_dir / sub).mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
+        (run_dir / PENDING_CONFIG).write_text(settings)
     accelerator.wait_for_everyone()
     return run_dir
+
+
+def check_resume_settings(cfg: RunConfig, run_dir: Path, settings: str, accelerator) -> None:
+    """Refuse a resume whose settings change what its checkpoint's state means (train/run_config.py);
+    say which harmless ones changed."""
+    checkpoint = resolve_resume(cfg.resume, run_dir)
+    if checkpoint is None:
+        return
+    saved = saved_config(checkpoint)
+    if saved is None:
+        accelerator.print(f"warning: {checkpoint} has no saved config.yaml (nor its run folder): the resume's "
+                          "settings cannot be checked against the ones it was saved under")
+        return
+    line = resume_changes(saved[0], settings, str(saved[1]))
+    if line:
+        accelerator.print(line)
 
 
 @contextlib.contextmanager
@@ -167,9 +198,11 @@ def make_evaluator(cfg: RunConfig, run_dir: Path, accelerator, processor) -> Per
 
 def resume_run(cfg: RunConfig, accelerator, run_dir: Path, sampler, evaluator, engine) -> tuple[int, SkipCounter]:
     """Restore model/optimizer/RNG, the schedule, the sampler position and the evaluator's history from
-    the checkpoint `cfg.resume` names (auto: the newest complete one); (step, skip counts) to go on from."""
+    the checkpoint `cfg.resume` names (auto: the newest complete one; its settings were checked by
+    `prepare_run_dir`); (step, skip counts) to go on from. The run starts here: its config.yaml is written."""
     path = resolve_resume(cfg.resume, run_dir)
     if path is None:
+        record_settings(accelerator, run_dir)
         return 0, SkipCounter()
     state = load_checkpoint(accelerator, path)
     if "engine" not in state:
@@ -179,7 +212,15 @@ def resume_run(cfg: RunConfig, accelerator, run_dir: Path, sampler, evaluator, e
     sampler.load_state_dict(state["sampler"])
     evaluator.load_state_dict(state["evaluator"])
     accelerator.print(f"resumed from {path} at step {state['step']}")
+    record_settings(accelerator, run_dir)
     return state["step"], SkipCounter(state["skipped"])
+
+
+def record_settings(accelerator, run_dir: Path) -> None:
+    """config.yaml: the settings `prepare_run_dir` kept aside, now that the run starts (each checkpoint
+    copies it)."""
+    if accelerator.is_main_process and (run_dir / PENDING_CONFIG).is_file():
+        os.replace(run_dir / PENDING_CONFIG, run_dir / CONFIG_FILE)
 
 
 def batches_forever(loader):
@@ -224,10 +265,17 @@ def evaluate_and_checkpoint(cfg: RunConfig, accelerator, run_dir: Path, step: in
 
 def finish_run(cfg: RunConfig, accelerator, run_dir: Path, step: int, engine, processor, evaluator, log,
                skipped: SkipCounter, model_cfg: ModelConfig) -> dict:
-    """A last dev evaluation (unless the last step just had one), the final model in the model
-    config's dtype, the skip report."""
-    final_report = run_dev_eval(evaluator, step, engine, processor, cfg, accelerator) \
-        if not cfg.eval.every or not evaluator.due(step) else None
+    """A last dev evaluation (unless this step has one already), the final model in the model config's
+    dtype, the skip report. The last evaluation comes after the step's checkpoint, whose RNG state must
+    stay that of a run that goes on without it; it is added to that checkpoint's evaluator history, so a
+    run extended from there (a larger max_steps) keeps it in eval/history.jsonl and its best step."""
+    final_report = None
+    if evaluator.last_step != step:  # the same on every rank: the evaluation is collective
+        final_report = run_dev_eval(evaluator, step, engine, processor, cfg, accelerator)
+        checkpoint = run_dir / "checkpoints" / f"step-{step}"
+        if accelerator.is_main_process and (checkpoint / STATE_FILE).is_file():
+            update_trainer_state(checkpoint, evaluator=evaluator.state_dict())
+        accelerator.wait_for_everyone()
     save_final(accelerator, engine.model, processor, run_dir, DTYPES[model_cfg.dtype])
     log.close()
     accelerator.print(skipped.report())

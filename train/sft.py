@@ -7,6 +7,8 @@ Which parts train is the student model config's (adapter-only alignment: train_e
 train_decoder=false; full SFT: the default; LoRA: lora.enabled=true). TD is SFT whose data.train
 points at manifests written by train/transcribe.py. `ctc.weight` > 0 adds an auxiliary CTC loss
 on the encoder or adapter outputs (train/models/ctc.py); the saved model leaves its head out.
+Only lines with a transcript train: the others are dropped when data.train is read (a warning per
+manifest), and a data.train without any fails at start.
 Same run folder, logging, dev evaluation, checkpoints and resume as train/distill.py (the shared
 pieces live in train/recipe.py).
 """
@@ -24,7 +26,7 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
 from accelerate.utils import set_seed  # noqa: E402
 
 from train.config import SFTConfig, config_to_dict, load_config  # noqa: E402
-from train.data.loader import make_loader  # noqa: E402
+from train.data.loader import make_loader, read_labelled_sources  # noqa: E402
 from train.engine import Engine  # noqa: E402
 from train.models.ctc import StudentWithCTC  # noqa: E402
 from train.recipe import (  # noqa: E402
@@ -53,6 +55,8 @@ def main(cfg: SFTConfig) -> dict:
     accelerator = make_accelerator(cfg, model_cfg)
     set_seed(cfg.seed)  # the same initial student on every rank
     ensure_toy_corpus(cfg, accelerator)
+    # Transcripts only: lines without one are dropped (and said), none at all fails, all before any build.
+    train_read = read_labelled_sources(cfg.data.train, "data.train", warn=accelerator.print)
     run_dir = prepare_run_dir(cfg, accelerator)
 
     with no_zero3_init(accelerator, unless_asked=True):
@@ -61,7 +65,7 @@ def main(cfg: SFTConfig) -> dict:
     if cfg.ctc.weight > 0:  # a training-only head; save_final keeps the student alone
         student = StudentWithCTC(student, cfg.ctc.source)
     loader = make_loader(cfg.data.train, processor, cfg.data, seed=cfg.seed, num_replicas=accelerator.num_processes,
-                         rank=accelerator.process_index)
+                         rank=accelerator.process_index, read=train_read)
     sampler = loader.batch_sampler
     evaluator = make_evaluator(cfg, run_dir, accelerator, processor)
     engine = Engine(accelerator, cfg, student)

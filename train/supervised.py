@@ -45,6 +45,10 @@ def sft_update(engine, batches: list[dict], ctc_weight: float = 0.0, eos_token_i
     the model is a `StudentWithCTC`; its CTC targets are the transcript tokens without EOS."""
     accelerator, model = engine.accelerator, engine.model
     device = accelerator.device
+    unlabelled = [b["ids"] for b in batches if b["size"] and "labels" not in b]
+    if unlabelled:  # it would train on nothing and say loss 0: read manifests with read_labelled_sources
+        raise ValueError(f"a supervised batch without labels (clips {unlabelled[0][:4]}...): some clip has no "
+                         "transcript, and the collator keeps labels only where every clip has one")
     usable = [b for b in batches if b["size"] and "labels" in b]
     masks = [shifted_targets(b, device) >= 0 for b in usable]
     n_tokens = global_token_count(masks, accelerator)

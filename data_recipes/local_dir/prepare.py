@@ -1,7 +1,9 @@
 """Your own audio -> OUT/<name>.jsonl, files referenced in place (absolute paths, nothing copied).
 
 A folder tree of audio files (wav flac ogg opus mp3), each with an optional same-named .txt transcript
-beside it (no .txt: an unlabelled line without `text`, usable for OPD and pseudo-labelling):
+beside it (no .txt: an unlabelled line without `text`, usable for OPD and pseudo-labelling; an empty
+or whitespace-only .txt is unlabelled too, and the summary warns with the files' names, since supervised
+training drops such lines):
     python -m data_recipes.local_dir.prepare --audio-dir /data/my_calls --language de --out data/local
 A Kaldi data folder: wav.scp (`<recording> <path>`), text (`<utt> <words...>`), optional segments
 (`<utt> <recording> <begin> <end>`, written as begin_time/end_time in the long file):
@@ -24,16 +26,43 @@ from data_recipes.common import (AUDIO_EXTENSIONS, HeaderCache, Skip, base_parse
                                  file_row, guarded, iso_code, report, segment_row)
 
 
-def folder_rows(root: Path, language: str, skipped) -> list[dict]:
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+SHOWN = 5  # names listed in a warning, the first few
 
+
+def audio_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+
+
+def transcript_of(path: Path) -> str | None:
+    """The .txt beside an audio file, whitespace collapsed; None without one ("" for an empty one)."""
+    transcript = path.with_suffix(".txt")
+    return " ".join(transcript.read_text(encoding="utf-8").split()) if transcript.exists() else None
+
+
+def folder_rows(root: Path, language: str, skipped) -> list[dict]:
     def one(path: Path) -> dict:
         rel = path.relative_to(root).with_suffix("")
-        transcript = path.with_suffix(".txt")
-        text = " ".join(transcript.read_text(encoding="utf-8").split()) if transcript.exists() else None
-        return file_row(path, "-".join(rel.parts), text, language, {"source_file": str(rel)})
+        return file_row(path, "-".join(rel.parts), transcript_of(path), language, {"source_file": str(rel)})
 
-    return list(guarded(files, one, skipped, what="file"))
+    return list(guarded(audio_files(root), one, skipped, what="file"))
+
+
+def empty_transcripts_warning(source: Path, kaldi: bool) -> str | None:
+    """A warning naming the transcripts that exist but hold no words (the lines stay unlabelled), or None.
+    Read apart from building the manifest, so that a cached manifest is warned about too."""
+    if kaldi:
+        entries = read_table(source / "text")
+        empty = [key for key, words in entries if not words]
+        what = f"{len(empty)} of {len(entries)} lines of text have no words"
+    else:
+        files = audio_files(source)
+        empty = [str(p.relative_to(source).with_suffix(".txt")) for p in files if transcript_of(p) == ""]
+        what = f"{len(empty)} of {len(files)} audio files have an empty .txt transcript"
+    if not empty:
+        return None
+    names = ", ".join(empty[:SHOWN]) + (", ..." if len(empty) > SHOWN else "")
+    return (f"warning: {what} ({names}): written as unlabelled lines, which OPD and pseudo-labelling use "
+            "but supervised training (train/sft.py) drops")
 
 
 def read_table(path: Path) -> list[tuple[str, str]]:
@@ -108,6 +137,9 @@ def main(argv: list[str] | None = None):
     options = {"source": str(source), "kind": "kaldi" if args.kaldi_dir else "folder", "language": language}
     results = [build_part(manifest, name, None, produce, args.force, options)]
     report(results, f"local audio -> {args.out}")
+    warning = empty_transcripts_warning(source, kaldi=args.kaldi_dir is not None)
+    if warning:
+        print(warning)
     return results
 
 

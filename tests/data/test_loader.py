@@ -142,3 +142,47 @@ def test_a_token_budget_shapes_the_batches(corpus, processor):
     for batch in tight:
         if batch["size"] > 1:  # count x (longest prompt + 64 new tokens) within 200
             assert batch["size"] * (batch["prompt_ids"].shape[1] + 64) <= 200
+
+
+def _with_blank_transcripts(path, blanks: dict[str, str]):
+    """The manifest's lines plus a copy of its first line for each id in `blanks`, with that text."""
+    lines = path.read_text().splitlines()
+    first = json.loads(lines[0])
+    extra = [json.dumps({**first, "id": uid, "text": text}) for uid, text in blanks.items()]
+    mixed = path.with_name("mixed.jsonl")
+    mixed.write_text("\n".join(lines + extra) + "\n")
+    return mixed
+
+
+def test_a_supervised_stage_drops_unlabelled_lines_when_reading_them(corpus, processor, capsys):
+    from train.data.loader import read_labelled_sources
+
+    labelled, unlabelled = corpus
+    mixed = _with_blank_transcripts(labelled, {"empty": "", "blank": "  "})
+    n_lines = len(mixed.read_text().splitlines())
+    sources = [SourceConfig(path=str(mixed)), SourceConfig(path=str(unlabelled), weight=2.0)]
+    read = read_labelled_sources(sources)
+    utterances, sizes, weights = read
+    out = capsys.readouterr().out.splitlines()
+    dropped = "lines have no transcript: dropped from this supervised stage"
+    assert out == [f"warning: data.train: {mixed}: 2 of {n_lines} {dropped}",
+                   f"warning: data.train: {unlabelled}: 6 of 6 {dropped}"]
+    assert sizes == [n_lines - 2, 0] and weights == [1.0, 2.0] and len(utterances) == n_lines - 2
+    assert all(u.text and u.text.strip() for u in utterances)
+    assert read_labelled_sources(sources) == read  # the same lines on every read: a resumed run's batches
+    loader = make_loader(sources, processor, _data(num_workers=0), read=read)
+    batches = [b for b in loader if b["size"]]
+    assert batches and all("labels" in b for b in batches)
+    assert not {"empty", "blank"} & set(itertools.chain(*(b["ids"] for b in batches)))
+
+
+def test_a_supervised_stage_without_transcripts_fails_naming_the_manifests(corpus):
+    from train.config import ConfigError
+    from train.data.loader import read_labelled_sources
+
+    labelled, unlabelled = corpus
+    with pytest.raises(ConfigError, match=f"data.train: no line of {unlabelled} has a transcript.*transcribe.py"):
+        read_labelled_sources([SourceConfig(path=str(unlabelled))], warn=lambda _: None)
+    with pytest.raises(ConfigError, match="distill.py"):  # the labelled source is weighted out of the mix
+        read_labelled_sources([SourceConfig(path=str(labelled), weight=0.0), SourceConfig(path=str(unlabelled))],
+                              warn=lambda _: None)

@@ -168,6 +168,34 @@ def test_local_audio_folder(audio_tree, tmp_path):
     assert prepare.main(["--audio-dir", str(audio_tree), "--language", "de", "--out", str(tmp_path)])[0].cached
 
 
+def test_empty_transcripts_are_reported_and_stay_unlabelled(tmp_path, capsys):
+    from data_recipes.local_dir import prepare
+
+    root = tmp_path / "calls"
+    for name in ("a", "b", "sub/c", "d"):
+        fakes.write(root / f"{name}.wav", fakes.tone(300, 0.5), 16000)
+    (root / "a.txt").write_text("Hallo", encoding="utf-8")
+    (root / "b.txt").write_text("", encoding="utf-8")
+    (root / "sub" / "c.txt").write_text(" \n\t\n", encoding="utf-8")  # whitespace only: no transcript either
+    args = ["--audio-dir", str(root), "--language", "de", "--out", str(tmp_path / "out")]
+    r = prepare.main(args)[0]
+    out = capsys.readouterr().out
+    assert r.utterances == 4 and r.skipped == {}
+    assert "warning: 2 of 4 audio files have an empty .txt transcript (b.txt, sub/c.txt): written as unlabelled" in out
+    loaded = fakes.load_checked(r.manifest, language="de")
+    assert loaded["a"][0].text == "Hallo" and loaded["d"][0].text is None  # no .txt: unlabelled, nothing to say
+    assert loaded["b"][0].text is None and loaded["sub-c"][0].text is None
+    assert prepare.main(args)[0].cached and "2 of 4 audio files" in capsys.readouterr().out  # said again
+
+    data = tmp_path / "kaldi"
+    data.mkdir()
+    (data / "wav.scp").write_text(f"u1 {root / 'a.wav'}\nu2 {root / 'b.wav'}\n")
+    (data / "text").write_text("u1 ONE\nu2\n")
+    r = prepare.main(["--kaldi-dir", str(data), "--language", "en", "--out", str(tmp_path / "out")])[0]
+    assert r.utterances == 2 and "warning: 1 of 2 lines of text have no words (u2): written as unlabelled" \
+        in capsys.readouterr().out
+
+
 def test_kaldi_dir(tmp_path, monkeypatch):
     from data_recipes.local_dir import prepare
 

@@ -49,6 +49,7 @@ def test_single_process_history_best_step_and_plot(dev_manifest, tmp_path, tiny_
     resumed = PeriodicEvaluator([str(dev_manifest)], tmp_path / "run2", every_steps=5)
     resumed.load_state_dict(evaluator.state_dict())
     assert resumed.best_step == 5 and len(resumed.history) == 2
+    assert evaluator.last_step == resumed.last_step == 10  # a resumed run knows step 10 was evaluated
 
 
 @pytest.mark.slow

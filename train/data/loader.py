@@ -4,6 +4,7 @@ A batch (dict):
     input_features, input_features_mask   log-mel feats_B_M_F (zeros past each clip) and mask_B_F
     prompt_ids, prompt_mask               left-padded prompts with placeholders, for generation
     input_ids, attention_mask, labels     right-padded prompt + target, only if every clip has text
+                                          (a supervised stage reads only labelled lines: read_labelled_sources)
     ids, languages, texts                 per clip (texts None where unlabelled)
     audio                                 raw 16 kHz clips, only with keep_audio (teachers' own front end)
     size, skipped                         clips in the batch; {reason: count} of clips dropped from it
@@ -13,10 +14,11 @@ A batch (dict):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 from torch.utils.data import DataLoader, Dataset
 
-from train.config import DataConfig, SourceConfig
+from train.config import ConfigError, DataConfig, SourceConfig
 from train.data.audio import SAMPLE_RATE, AudioLimits, AudioSkipped, SkipCounter, load_audio
 from train.data.manifest import Utterance, read_manifest
 from train.data.sampler import DurationBatchSampler, SampleKey
@@ -82,6 +84,40 @@ def read_sources(sources: list[SourceConfig]) -> tuple[list[Utterance], list[int
     return utterances, sizes, [s.weight for s in sources]
 
 
+def has_transcript(utt: Utterance) -> bool:
+    """Whether a supervised stage can learn from the clip: a transcript with more than whitespace."""
+    return bool(utt.text and utt.text.strip())
+
+
+def read_labelled_sources(sources: list[SourceConfig], key: str = "data.train",
+                          warn: Callable[[str], None] = print) -> tuple[list[Utterance], list[int], list[float]]:
+    """read_sources for a supervised stage (SFT, TD): each source's lines without a transcript are
+    dropped here, when the manifests are read, with one warning per source that had any. A batch
+    whose clips do not all have text carries no labels (Collator), so one such line would cost every
+    labelled clip of its batch its loss. Dropped before any sampler sees the list, and the same way
+    on every read: a resumed run replays the same batches. No labelled line in the mix (sources of
+    weight > 0): ConfigError, before anything is built."""
+    utterances, sizes, weights = read_sources(sources)
+    kept, kept_sizes, offset = [], [], 0
+    for source, size in zip(sources, sizes):
+        mine = utterances[offset:offset + size]
+        offset += size
+        labelled = [u for u in mine if has_transcript(u)]
+        if len(labelled) < len(mine):
+            warn(f"warning: {key}: {source.path}: {len(mine) - len(labelled)} of {len(mine)} lines have no "
+                 "transcript: dropped from this supervised stage")
+        kept.extend(labelled)
+        kept_sizes.append(len(labelled))
+    if not any(n and w > 0 for n, w in zip(kept_sizes, weights)):
+        mixed = [s.path for s in sources if s.weight > 0]
+        raise ConfigError(f"{key}: no line of {', '.join(mixed)} has a transcript"
+                          f"{' (sources of weight 0 left out)' if len(mixed) < len(sources) else ''}, and a "
+                          "supervised stage trains on transcripts only. For unlabelled audio: pseudo-label it "
+                          "with train/transcribe.py and train on the manifest it writes (TD), or distill on it "
+                          "with train/distill.py")
+    return kept, kept_sizes, weights
+
+
 def token_lengths(utterances: list[Utterance], processor: ArkProcessor, language_prompt: bool,
                   new_tokens: int | None = None, rows_per_clip: int = 1) -> list[int]:
     """Each clip's tokens in a batch, for `data.max_batch_tokens`: its rows (one, or n samples in OPD)
@@ -104,10 +140,13 @@ def token_lengths(utterances: list[Utterance], processor: ArkProcessor, language
 
 def make_loader(sources: list[SourceConfig], processor: ArkProcessor, data: DataConfig, seed: int = 0,
                 num_replicas: int = 1, rank: int = 0, shuffle: bool = True, new_tokens: int | None = None,
-                rows_per_clip: int = 1) -> DataLoader:
+                rows_per_clip: int = 1,
+                read: tuple[list[Utterance], list[int], list[float]] | None = None) -> DataLoader:
     """A DataLoader over the sources: duration-bucketed batches, this rank's shard, clips decoded in
-    workers. `new_tokens` and `rows_per_clip` size OPD's rollouts for `data.max_batch_tokens`."""
-    utterances, sizes, weights = read_sources(sources)
+    workers. `new_tokens` and `rows_per_clip` size OPD's rollouts for `data.max_batch_tokens`.
+    `read`: the sources' (utterances, sizes, weights) if already read (read_labelled_sources, for a
+    supervised stage); else read_sources(sources)."""
+    utterances, sizes, weights = read if read is not None else read_sources(sources)
     tokens = None
     if data.max_batch_tokens is not None:
         tokens = token_lengths(utterances, processor, data.language_prompt, new_tokens, rows_per_clip)

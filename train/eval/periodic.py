@@ -27,6 +27,7 @@ class PeriodicEvaluator:
         self.best_step: int | None = None
         self.best_rate: float | None = None
         self.history: list[dict] = []
+        self.last_step: int | None = None  # the step evaluated last, on every rank (the history is rank 0's)
         self.listening = None  # a ListeningProbe (train/eval/listening.py), or None
 
     @property
@@ -70,6 +71,7 @@ class PeriodicEvaluator:
                                                                     result.skipped_by_language.items()},
                          "audio_seconds": result.audio_seconds, "seconds": result.transcription_seconds})
         gathered = self._gather(rows)
+        self.last_step = step
         if rank != 0:
             return None
         return self._record(step, gathered, listening)
@@ -165,3 +167,4 @@ class PeriodicEvaluator:
 
     def load_state_dict(self, state: dict) -> None:
         self.best_step, self.best_rate, self.history = state["best_step"], state["best_rate"], list(state["history"])
+        self.last_step = self.history[-1]["step"] if self.history else None
