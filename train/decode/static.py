@@ -26,6 +26,7 @@ refused here: `train.decode.make_decoder` picks the eager reference for them.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from contextlib import nullcontext
 from copy import deepcopy
@@ -42,6 +43,13 @@ def next_bucket(n: int, step: int) -> int:
 def batch_bucket(n: int) -> int:
     """Batch sizes come in powers of two: few shapes, so few captured graphs."""
     return 1 << max(n - 1, 0).bit_length()
+
+
+@functools.cache
+def cache_keyword(layer_type: type) -> str:
+    """The name a decoder layer's forward takes its cache under (transformers renamed it): read once per
+    layer class, not at every decode step."""
+    return "cache" if "cache" in inspect.signature(layer_type.forward).parameters else "past_key_values"
 
 
 def base_model(model):
@@ -185,8 +193,7 @@ class StaticCacheDecoder:
     def _layers(lm, hidden, bias, positions, kv):
         """The model's own decoder layers over `hidden`, with our cache; then the final norm."""
         cos_sin = lm.rotary_emb(hidden, positions)
-        layer0 = lm.layers[0]
-        cache_kw = "cache" if "cache" in inspect.signature(type(layer0).forward).parameters else "past_key_values"
+        cache_kw = cache_keyword(type(lm.layers[0]))
         for layer in lm.layers[: lm.config.num_hidden_layers]:
             hidden = layer(hidden, attention_mask=bias, position_ids=positions, position_embeddings=cos_sin,
                            use_cache=True, **{cache_kw: kv})
