@@ -3,7 +3,7 @@
 # make test           - the test suite
 # make reproduce-toy  - the paper's table at toy scale: teacher, base, TD, OPD, TD+OPD (runs/toy/report.md)
 # make quickstart     - build, save, reload and run a tiny student in seconds
-# GPU users: make setup TORCH=   (keeps whatever CUDA torch is already in .venv; see README)
+# GPU users: make setup TORCH=   (keeps whatever CUDA torch is already in .venv; see docs/gpu.md)
 
 PYTHON ?= python3
 VENV := .venv

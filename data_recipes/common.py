@@ -11,7 +11,10 @@ line `{"audio", "text", "language", "duration", "id", ...}`. This module holds w
   and yields manifest lines; `file_row` / `segment_row` describe audio already on disk, in place.
 - `build_part`: writes one manifest atomically, counts skipped rows by reason, and leaves a
   done marker (`.done-<name>` beside the manifest, written last) so a finished part is not redone.
-- language-code tables (`iso_code`), and `report` for the closing summary.
+- `source_fingerprint`: what a manifest of files left in place is cached on (their paths, sizes and
+  modification times), so that a re-run notices files added, removed or changed.
+- language codes: `iso_code` maps tags, locales and names to ISO 639-1; `language_code` also checks
+  the result (manifests are read through it too), and `report` prints the closing summary.
 
 A broken row (undecodable audio, a missing file, an empty transcript) raises `Skip(reason)`
 inside a row; it is counted and the recipe goes on.
@@ -20,6 +23,7 @@ inside a row; it is counted and the recipe goes on.
 from __future__ import annotations
 
 import argparse
+import difflib
 import hashlib
 import io
 import json
@@ -35,7 +39,8 @@ from urllib.parse import quote
 
 import soundfile as sf
 
-from train.config import DEV_LANGUAGES
+from train.cli import HelpFormatter
+from train.config import DEV_LANGUAGES, LANGUAGE_NAMES as PROMPT_NAMES
 
 
 class SkipCounter(Counter):
@@ -84,6 +89,59 @@ def iso_code(code: str) -> str:
         return LANGUAGE_NAMES[tag]
     primary = re.split(r"[-_]", tag)[0]
     return _ISO3_TO_ISO1.get(primary, primary)
+
+
+# The ISO 639-1 codes: the two-letter language subtags of the IANA registry (BCP 47) that are not
+# deprecated, i.e. ISO 639-1 with `sh` and `bh`. Written out rather than taken from a library:
+# lingua's IsoCode639_1 holds only the 75 languages lingua detects (no mt, no ga), and langcodes
+# and babel come only with the `toy` extra. ISO 639-1 changes about once a decade; a test checks
+# this list against langcodes' copy of the registry where that is installed.
+ISO_639_1 = frozenset("""
+    aa ab ae af ak am an ar as av ay az ba be bg bh bi bm bn bo br bs ca ce ch co cr cs cu cv cy da de dv
+    dz ee el en eo es et eu fa ff fi fj fo fr fy ga gd gl gn gu gv ha he hi ho hr ht hu hy hz ia id ie ig
+    ii ik io is it iu ja jv ka kg ki kj kk kl km kn ko kr ks ku kv kw ky la lb lg li ln lo lt lu lv mg mh
+    mi mk ml mn mr ms mt my na nb nd ne ng nl nn no nr nv ny oc oj om or os pa pi pl ps pt qu rm rn ro ru
+    rw sa sc sd se sg sh si sk sl sm sn so sq sr ss st su sv sw ta te tg th ti tk tl tn to tr ts tt tw ty
+    ug uk ur uz ve vi vo wa wo xh yi yo za zh zu""".split())
+
+# Codes people write for a language that are not its ISO 639-1 code: country codes (gr is Greece,
+# Greek is el) and withdrawn codes. A country code that is also a language's code (se, si, ee, uk)
+# cannot be told apart and is read as the language.
+_LOOKALIKES = {
+    "gr": "el", "jp": "ja", "cn": "zh", "dk": "da", "cz": "cs", "ua": "uk", "us": "en", "gb": "en", "at": "de",
+    "vn": "vi", "ir": "fa", "il": "he", "rs": "sr", "al": "sq", "by": "be", "kz": "kk", "mx": "es",
+    "iw": "he", "in": "id", "ji": "yi", "jw": "jv", "mo": "ro",
+}
+
+
+class UnknownLanguage(ValueError):
+    """A language code that is neither ISO 639-1 nor a form `iso_code` maps to one."""
+
+
+def language_code(value: str) -> str:
+    """The ISO 639-1 code of `value` (any form `iso_code` maps: `de-DE`, `deu`, `German`), or a
+    code of `train.config.LANGUAGE_NAMES` (`yue`: languages without one); else `UnknownLanguage`
+    saying what was given and, where it can tell, which code was meant."""
+    code = iso_code(value)
+    if code in ISO_639_1 or code in PROMPT_NAMES:
+        return code
+    raise UnknownLanguage(f"{value!r}: not an ISO 639-1 code; {language_hint(code)}")
+
+
+def language_hint(code: str) -> str:
+    """`did you mean el?` for a look-alike or a near miss (the project's languages first), else where
+    the codes are listed; for a three-letter code also how a language without a 639-1 code is added."""
+    if code in _LOOKALIKES:
+        return f"did you mean {_LOOKALIKES[code]}?"
+    spellings = {c: c for c in ISO_639_1} | {c: c for c in PROMPT_NAMES} | _ISO3_TO_ISO1 | LANGUAGE_NAMES
+    near = dict.fromkeys(spellings[s] for s in difflib.get_close_matches(code, spellings, n=4, cutoff=0.75))
+    near_first = sorted(near, key=lambda c: c not in PROMPT_NAMES)
+    hints = [f"did you mean {' or '.join(near_first)}?" if near
+             else "the codes are listed at https://en.wikipedia.org/wiki/List_of_ISO_639-1_codes"]
+    if len(code) == 3 and code.isalpha():
+        hints.append("(a language without an ISO 639-1 code, as yue, is accepted once "
+                     "train.config.LANGUAGE_NAMES names it)")
+    return " ".join(hints)
 
 
 # --------------------------------------------------------------------------------------------
@@ -210,6 +268,25 @@ def manifest_line(audio: str, duration: float, uid: str, text: str | None, langu
         if key not in row and value is not None:
             row[key] = value
     return row
+
+
+def source_fingerprint(files: Iterable[str | Path]) -> dict:
+    """What a manifest of files left in place is cached on (an `options` entry of `build_part`): how
+    many of `files` exist, their total size, and a digest of each one's path, size and modification
+    time (stat only, nothing read). A file added, removed, replaced or edited changes it; a file
+    that is named but absent (a transcript not written yet) counts as absent."""
+    digest = hashlib.sha1()
+    count = size = 0
+    for name in sorted({str(f) for f in files}):
+        try:
+            stat = os.stat(name)
+        except FileNotFoundError:
+            digest.update(f"{name}\tabsent\n".encode("utf-8", "surrogateescape"))
+            continue
+        count += 1
+        size += stat.st_size
+        digest.update(f"{name}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+    return {"files": count, "bytes": size, "paths_sizes_mtimes": digest.hexdigest()[:16]}
 
 
 def file_row(path: str | Path, uid: str, text: str | None, language: str | None, extra: dict | None = None,
@@ -473,8 +550,8 @@ def build_part(manifest: Path, split: str, language: str | None,
     """Write one manifest from `produce(skipped)`'s lines, then its done marker (last).
 
     A manifest whose marker exists and records the same `options` is complete: it is not redone
-    (unless `force`). A run stopped half-way leaves no marker, and the part is built again
-    (audio already written is kept)."""
+    (unless `force`); with other options it is, and the run says which changed. A run stopped
+    half-way leaves no marker, and the part is built again (audio already written is kept)."""
     manifest = Path(manifest)
     marker = marker_path(manifest)
     options = options or {}
@@ -486,6 +563,9 @@ def build_part(manifest: Path, split: str, language: str | None,
         if done is not None and done.get("options") == options:
             return PartResult(split, language, manifest, done["utterances"], done["seconds"],
                               done.get("skipped", {}), cached=True)
+        if done is not None:
+            print(f"  {manifest}: rebuilding, changed since the last build: "
+                  f"{'; '.join(option_changes(done.get('options') or {}, options))}")
     marker.unlink(missing_ok=True)
     manifest.parent.mkdir(parents=True, exist_ok=True)
     skipped = SkipCounter()
@@ -505,6 +585,21 @@ def build_part(manifest: Path, split: str, language: str | None,
                                   "options": options, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")},
                                  ensure_ascii=False), encoding="utf-8")
     return PartResult(split, language, manifest, count, seconds, dict(skipped))
+
+
+def option_changes(old: dict, new: dict) -> list[str]:
+    """What differs between two `options` dicts, one entry per key: `limit 100 -> None`, and for a
+    dict value (a `source_fingerprint`) the entries that differ: `source_files (files 4 -> 5, ...)`."""
+    changes = []
+    for key in dict.fromkeys([*old, *new]):
+        before, after = old.get(key), new.get(key)
+        if before == after:
+            continue
+        if isinstance(before, dict) and isinstance(after, dict):
+            changes.append(f"{key} ({', '.join(option_changes(before, after))})")
+        else:
+            changes.append(f"{key} {before!r} -> {after!r}")
+    return changes
 
 
 def part_paths(out: Path, split: str, language: str | None = None) -> tuple[Path, Path]:
@@ -593,8 +688,7 @@ def report(results: list[PartResult], title: str) -> str:
 
 def base_parser(description: str, corpus: str) -> argparse.ArgumentParser:
     """The options every recipe shares: --out, --force, --limit."""
-    parser = argparse.ArgumentParser(description=description,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("data") / corpus,
                         help=f"output folder (default: data/{corpus})")
     parser.add_argument("--force", action="store_true", help="rebuild parts that are already complete")

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
+from train.cli import HelpFormatter, config_errors_exit
 from train.config import ModelConfig, load_config
 from train.models import build_student, load_student, save_student
 from train.models.tokenizer import build_qwen25_ark_tokenizer
@@ -64,14 +65,20 @@ def _std_spread(old, new) -> float:
     return worst
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="configs/models/ark_asr_3b.yaml")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
+    parser.add_argument("--config", default="configs/models/ark_asr_3b.yaml",
+                        help="model config YAML (built with random weights)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where it runs (default: cuda when there is one, else cpu)")
     parser.add_argument("--no-load", action="store_true", help="skip the load_student timing")
-    parser.add_argument("--results", default=str(RESULTS))
+    parser.add_argument("--results", default=str(RESULTS), help="JSONL file the row is appended to")
     parser.add_argument("overrides", nargs="*", help="model config key=value overrides")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
 
     cfg = load_config(ModelConfig, args.config, args.overrides)
     device = torch.device(args.device)
@@ -120,4 +127,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    with config_errors_exit():  # a wrong config key or value: one line, status 2
+        main()

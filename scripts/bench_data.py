@@ -18,18 +18,23 @@ import time
 import numpy as np
 import torch
 
+from train.cli import HelpFormatter
 from train.data import AudioSkipped, load_audio, read_manifest
 from train.models.processor import make_feature_extractor, ArkProcessor
 from train.models.tokenizer import build_qwen25_ark_tokenizer
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
+    parser.add_argument("--manifest", required=True, help="JSONL manifest of the clips to decode")
+    parser.add_argument("--limit", type=int, default=400, help="at most this many clips")
+    parser.add_argument("--batch", type=int, default=16, help="clips per feature batch")
+    parser.add_argument("--mel-bins", type=int, default=128, help="log-mel bins of the features")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--manifest", required=True)
-    parser.add_argument("--limit", type=int, default=400)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--mel-bins", type=int, default=128)
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     torch.set_num_threads(1)
 
     utterances = read_manifest(args.manifest)[: args.limit]

@@ -21,6 +21,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from train.cli import HelpFormatter, config_errors_exit
 from train.config import ModelConfig, load_config
 from train.data.manifest import read_manifest, write_jsonl
 from train.eval.timed import timed_transcription
@@ -66,20 +67,27 @@ def _synthetic_manifest(folder: Path, clips: int, seed: int) -> Path:
     return write_jsonl(rows, folder / "clips.jsonl")
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--config", default="configs/models/tiny.yaml", help="model config (random weights)")
     source.add_argument("--model", help="a checkpoint dir instead")
     parser.add_argument("--manifest", help="clips to transcribe (default: synthetic 2-30 s noise)")
-    parser.add_argument("--clips", type=int, default=64)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--tokens-per-second", type=float, default=3.0)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default=None)
-    parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--clips", type=int, default=64, help="synthetic clips to make (without --manifest)")
+    parser.add_argument("--batch", type=int, default=16, help="clips per batch")
+    parser.add_argument("--tokens-per-second", type=float, default=3.0,
+                        help="forced decode length per audio second (real transcripts: about 3)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where it runs (default: cuda when there is one, else cpu)")
+    parser.add_argument("--dtype", default=None,
+                        help="float32, bfloat16 or float16 (default: the config's, or as the checkpoint was saved)")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the batch-size-1 baseline")
     parser.add_argument("--engine", choices=ENGINES, default="auto", help="decode engine (train/decode/)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
 
     torch.manual_seed(0)
     if args.model:
@@ -108,4 +116,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    with config_errors_exit():  # a wrong config key or value: one line, status 2
+        main()

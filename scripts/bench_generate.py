@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from train.cli import HelpFormatter, config_errors_exit
 from train.config import ModelConfig, load_config
 from train.decode import EAGER, ENGINES, decoder_named
 from train.models import build_student
@@ -50,20 +51,26 @@ def _decode(model, processor, clips, device, dtype, new_tokens, decoder=EAGER):
     return decoder.generate(model, batch, allowed, [], processor.pad_token_id, max_new_tokens=new_tokens)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="configs/models/ark_asr_3b.yaml")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
+    parser.add_argument("--config", default="configs/models/ark_asr_3b.yaml",
+                        help="model config YAML (random weights)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where it runs (default: cuda when there is one, else cpu)")
     parser.add_argument("--dtype", default=None, help="override the config's dtype")
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--min-seconds", type=float, default=2.0)
-    parser.add_argument("--max-seconds", type=float, default=30.0)
-    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=16, help="clips in the batch")
+    parser.add_argument("--min-seconds", type=float, default=2.0, help="shortest clip")
+    parser.add_argument("--max-seconds", type=float, default=30.0, help="longest clip")
+    parser.add_argument("--new-tokens", type=int, default=64, help="tokens every clip decodes (no EOS stop)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the one-clip-at-a-time baseline")
     parser.add_argument("--engine", choices=ENGINES, default="auto",
                         help="decode engine (train/decode/); its tokens are compared with the eager loop's")
-    parser.add_argument("--results", default=str(RESULTS))
-    args = parser.parse_args(argv)
+    parser.add_argument("--results", default=str(RESULTS), help="JSONL file the row is appended to")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
 
     overrides = [f"dtype={args.dtype}"] if args.dtype else []
     cfg = load_config(ModelConfig, args.config, overrides)
@@ -122,4 +129,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    with config_errors_exit():  # a wrong config key or value: one line, status 2
+        main()

@@ -29,6 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from train.cli import HelpFormatter, config_errors_exit  # noqa: E402
 from train.config import DecodeConfig, DistillConfig, ModelConfig, load_config  # noqa: E402
 from train.decode import EAGER, make_decoder  # noqa: E402
 from train.eval.timed import synchronize  # noqa: E402
@@ -168,19 +169,25 @@ def opd_step(model_config: str, clip_count: int, steps: int, device) -> dict:
         "peak_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None}}
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     parser.add_argument("--model", default="configs/models/ark_asr_3b.yaml", help="model config (random weights)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where it runs (default: cuda when there is one, else cpu)")
     parser.add_argument("--batches", default="1,16,64", help="decode batch sizes")
     parser.add_argument("--tokens", default="16,48", help="the two decode lengths whose difference is timed")
-    parser.add_argument("--rtfx-clips", type=int, default=128)
-    parser.add_argument("--opd-clips", type=int, default=12)
-    parser.add_argument("--opd-steps", type=int, default=3)
-    parser.add_argument("--invariance-clips", type=int, default=8)
-    parser.add_argument("--results", default=str(RESULTS))
+    parser.add_argument("--rtfx-clips", type=int, default=128, help="clips of the RTFx measurement")
+    parser.add_argument("--opd-clips", type=int, default=12, help="clips per timed OPD step")
+    parser.add_argument("--opd-steps", type=int, default=3, help="timed OPD steps")
+    parser.add_argument("--invariance-clips", type=int, default=8,
+                        help="clips of the batched-vs-alone check")
+    parser.add_argument("--results", default=str(RESULTS), help="JSONL file the row is appended to")
     parser.add_argument("--dry-run", action="store_true", help="small sizes: checks that every part runs (CPU)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
     if args.dry_run:
         args.batches, args.tokens, args.rtfx_clips, args.opd_clips, args.opd_steps = "1,4", "4,12", 8, 3, 2
         args.invariance_clips = 3
@@ -228,4 +235,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    with config_errors_exit():  # a wrong config key or value: one line, status 2
+        main()

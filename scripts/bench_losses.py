@@ -25,6 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from train.cli import HelpFormatter  # noqa: E402
 from train.opd.losses import (  # noqa: E402
     generalized_jsd,
     sampled_token_reverse_kl,
@@ -90,16 +91,21 @@ def run_variant(name: str, args) -> dict:
     return {"variant": name, "seconds": round(seconds, 3), "peak_gib": round(peak / 2**30, 3)}
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--tokens", type=int, default=256)
-    parser.add_argument("--vocab", type=int, default=151936)
-    parser.add_argument("--k", type=int, default=32)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
+    parser.add_argument("--batch", type=int, default=8, help="rows (B)")
+    parser.add_argument("--tokens", type=int, default=256, help="positions per row (T)")
+    parser.add_argument("--vocab", type=int, default=151936, help="vocabulary size (V)")
+    parser.add_argument("--k", type=int, default=32, help="top-k of union_topk_kl")
     parser.add_argument("--chunk", type=int, default=256, help="positions per JSD chunk")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where it runs (default: cuda when there is one, else cpu)")
     parser.add_argument("--variant", choices=VARIANTS, help="(internal) run one variant in this process")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = build_parser().parse_args(argv)
     if args.variant:
         print(json.dumps(run_variant(args.variant, args)))
         return []

@@ -31,6 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from train.cli import HelpFormatter, config_errors_exit  # noqa: E402
 from train.config import ModelConfig, load_config  # noqa: E402
 from train.engine import keep_float32_masters  # noqa: E402
 from train.models import build_student  # noqa: E402
@@ -117,21 +118,28 @@ def _device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="configs/models/ark_asr_3b.yaml")
-    parser.add_argument("--clips", type=int, default=64)
-    parser.add_argument("--seconds", type=float, default=2.0)
-    parser.add_argument("--new-tokens", type=int, default=256)
-    parser.add_argument("--k", type=int, default=32)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
+    parser.add_argument("--config", default="configs/models/ark_asr_3b.yaml",
+                        help="model config YAML (random weights)")
+    parser.add_argument("--clips", type=int, default=64, help="clips in the update")
+    parser.add_argument("--seconds", type=float, default=2.0, help="length of every clip")
+    parser.add_argument("--new-tokens", type=int, default=256, help="rollout tokens per clip (all used)")
+    parser.add_argument("--k", type=int, default=32, help="opd.k: teacher top-k per position")
     parser.add_argument("--chunk", type=int, default=4096, help="optim.logits_chunk: positions per head chunk")
     parser.add_argument("--encoder-layers", type=int, default=None, help="fewer layers to fit a small machine")
     parser.add_argument("--decoder-layers", type=int, default=None, help="(the vocabulary-sized tensors stay)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="bfloat16" if torch.cuda.is_available() else "float32")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where it runs (default: cuda when there is one, else cpu)")
+    parser.add_argument("--dtype", default="bfloat16" if torch.cuda.is_available() else "float32",
+                        help="model dtype (default: bfloat16 on cuda, else float32)")
     parser.add_argument("--out", help="also write the report (JSON) here")
     parser.add_argument("--variant", choices=VARIANTS, help="(internal) run one variant in this process")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
     if args.variant:
         print(json.dumps(run_variant(args)))
         return {}
@@ -160,4 +168,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    with config_errors_exit():  # a wrong config key or value: one line, status 2
+        main()

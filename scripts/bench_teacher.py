@@ -34,6 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from train.cli import HelpFormatter, config_errors_exit  # noqa: E402
 from train.config import ModelConfig, load_config  # noqa: E402
 from train.models import build_student  # noqa: E402
 from train.opd.rollout import Rollout  # noqa: E402
@@ -148,27 +149,35 @@ def _seconds(fn, device: torch.device) -> tuple[float, object]:
     return time.perf_counter() - t0, result
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", choices=["tiny", *SIZES], default="tiny")
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
+    parser.add_argument("--size", choices=["tiny", *SIZES], default="tiny",
+                        help="the teacher's shape (random weights)")
     parser.add_argument("--student-config", default="configs/models/tiny.yaml",
                         help="the student whose tokenizer the rollout uses (only its processor is needed)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where it runs (default: cuda when there is one, else cpu)")
     parser.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16")
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--min-seconds", type=float, default=2.0)
-    parser.add_argument("--max-seconds", type=float, default=20.0)
-    parser.add_argument("--languages", type=lambda s: s.split(","), default="hr,de,sk,en,sl,fr,et,lt".split(","))
-    parser.add_argument("--header-tokens", type=int, default=4)
-    parser.add_argument("--samples", type=int, default=2)
-    parser.add_argument("--tokens", type=int, default=32)
-    parser.add_argument("--k", type=int, default=32)
-    parser.add_argument("--rows-per-forward", type=int, default=4)
-    parser.add_argument("--encode-batch-size", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=8, help="clips per score call")
+    parser.add_argument("--min-seconds", type=float, default=2.0, help="shortest clip")
+    parser.add_argument("--max-seconds", type=float, default=20.0, help="longest clip")
+    parser.add_argument("--languages", type=lambda s: s.split(","), default="hr,de,sk,en,sl,fr,et,lt".split(","),
+                        help="comma-separated codes the clips cycle through")
+    parser.add_argument("--header-tokens", type=int, default=4,
+                        help="most tokens of a header the teacher writes itself")
+    parser.add_argument("--samples", type=int, default=2, help="rollout rows per clip")
+    parser.add_argument("--tokens", type=int, default=32, help="most student tokens per row")
+    parser.add_argument("--k", type=int, default=32, help="top-k ids scored per position")
+    parser.add_argument("--rows-per-forward", type=int, default=4, help="rollout rows per teacher forward")
+    parser.add_argument("--encode-batch-size", type=int, default=16, help="clips per encoder call")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per path (the best counts)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--results", default=None, help="default scripts/results/bench_teacher_<device>_<size>.json")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -241,4 +250,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    with config_errors_exit():  # a wrong config key or value: one line, status 2
+        main()

@@ -33,6 +33,7 @@ import torch
 if __package__ in (None, ""):  # run as a file: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from train.cli import HelpFormatter  # noqa: E402
 from train.config import DataConfig, SourceConfig  # noqa: E402
 from train.data.loader import make_loader  # noqa: E402
 from train.models import load_student, transcribe  # noqa: E402
@@ -110,15 +111,20 @@ def space_token_id(processor) -> int | None:
     return ids[0] if len(ids) == 1 and processor.tokenizer.decode(ids) == " " else None
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--student", required=True)
-    parser.add_argument("--teacher", required=True)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
+    parser.add_argument("--student", required=True, help="the student's model dir")
+    parser.add_argument("--teacher", required=True, help="a same-family teacher's model dir")
     parser.add_argument("--manifest", required=True, help="labelled clips")
-    parser.add_argument("--clips", type=int, default=200)
-    parser.add_argument("--language-prompt", action="store_true")
+    parser.add_argument("--clips", type=int, default=200, help="at most this many clips of the manifest")
+    parser.add_argument("--language-prompt", action="store_true",
+                        help="name each clip's language in both models' prompts")
     parser.add_argument("--out", help="write the numbers as JSON here")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
     student, processor = load_student(args.student)
     teacher = SameFamilyTeacher.from_pretrained(args.teacher, processor, student.config.text_config.vocab_size,
                                                 language_prompt=args.language_prompt)

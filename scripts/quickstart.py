@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from train.cli import HelpFormatter
 from train.config import ModelConfig, load_config
 from train.models import build_student, load_student, save_student, transcribe
 from train.models.summary import parameter_counts
@@ -19,10 +20,14 @@ from train.models.summary import parameter_counts
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
+    parser.add_argument("--out", default="runs/quickstart", help="folder for the two saved tiny students")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="runs/quickstart")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     out = Path(args.out)
     torch.manual_seed(0)
 

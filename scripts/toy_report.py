@@ -20,6 +20,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from train.cli import HelpFormatter  # noqa: E402
 from train.eval.error_rates import error_rates  # noqa: E402
 from train.eval.language_id import language_fidelity  # noqa: E402
 from train.eval.normalizers import CHARACTER_LANGUAGES  # noqa: E402
@@ -184,10 +185,15 @@ def plot_dev_curves(runs: Path, path: Path) -> bool:
     return True
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
+    parser.add_argument("--runs", type=Path, default=Path("runs/toy"),
+                        help="the run folder scripts/reproduce_toy.sh filled")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=Path, default=Path("runs/toy"))
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     text, data = build_report(args.runs)
     (args.runs / "report.md").write_text(text, encoding="utf-8")
     (args.runs / "report.json").write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")

@@ -1,7 +1,8 @@
 """Every backend takes the same updates: one process, DDP, DeepSpeed ZeRO-2 and ZeRO-3, FSDP2 (two CPU
 processes each) on the same data give the same lr column, gradient norms and weights; a non-finite
 step on one rank changes no weight, no optimizer state and no schedule position anywhere; and a
-bfloat16 model trains through float32 masters on one process and under DDP.
+bfloat16 model trains through float32 masters on one process and under DDP. The DDP run decodes with
+the static-cache engine (train/decode/static.py), every other run with the eager loop.
 
 Two processes with one micro-batch each see, step by step, the same two batches as one process with
 two micro-batches (the sampler deals its batches round-robin), and the loss is normalised by the
@@ -61,9 +62,12 @@ def runs(tmp_path_factory):
     fault = {"ARK_OPD_NAN_AT_STEP": str(NAN_STEP)}
     folders = {}
     for backend in BACKENDS:
-        args = _settings(tmp / backend, train, dev, model)
+        # DDP decodes its rollouts with the static-cache engine, the others with the eager reference: the
+        # one-process run (eager) is then the reference for both engines under several processes too.
+        args = _settings(tmp / backend, train, dev, model, **({"decode.engine": "static"} if backend == "ddp" else {}))
         out = run(launcher(backend) + [str(ROOT / "train" / "distill.py")] + args, env_extra=fault)
         assert out.returncode == 0, f"{backend}:\n{out.stderr[-3000:]}"
+        assert ("decode engine: static" in out.stdout) == (backend == "ddp"), backend
         folders[backend] = tmp / backend / "run"
     os.environ.update(fault)
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from train.config import ConfigError, DistillConfig, ModelConfig, config_to_yaml, load_config
+from train.config import ConfigError, DistillConfig, ModelConfig, config_help, config_to_yaml, load_config
 
 
 def test_yaml_then_overrides(tmp_path):
@@ -86,3 +86,18 @@ def test_one_manifest_may_be_given_without_the_list(tmp_path):
     assert [s.path for s in load_config(DistillConfig, path).data.train] == ["b/train.jsonl"]
     listed = load_config(DistillConfig, "configs/distill/tiny_random_teacher.yaml", ["data.train=[{path: c.jsonl}]"])
     assert [s.path for s in listed.data.train] == ["c.jsonl"]
+
+
+def test_config_help_lists_every_key_with_its_default_and_comment():
+    """The --help epilog of the recipes, made from the dataclasses: nested sections, defaults as YAML
+    writes them, the field's trailing comment or the comment above it, list defaults shortened."""
+    text = config_help(ModelConfig)
+    for line in ("  encoder.num_layers = 32", "  tokenizer = null  # HF tokenizer dir; None = bundled Qwen2.5",
+                 "  lora.enabled = false", "  train_adapter = true", "  tokens.eos_tokens = [<|im_end|>, <|user|>, "):
+        assert f"\n{line}" in text, line
+    assert "\nencoder: Whisper-style audio encoder" in text  # a section, with its class's docstring
+    distill = config_help(DistillConfig)
+    assert ("\n  data.dev = [{path: data/fleurs/dev/zh.jsonl}, {path: data/fleurs/dev/en.jsonl}, ... 19 in all]"
+            in distill)
+    assert "\n  data.max_batch_tokens = null  # Padded tokens per batch" in distill  # the comment above the field
+    assert "\n  output_dir = runs/distill-toy\n" in distill  # the subclass's default, not RunConfig's

@@ -54,6 +54,8 @@ def test_run_folder_and_final_model(tmp_path, data, tokenizer, capsys):
     assert result["step"] == 3
     assert (run / "config.yaml").exists() and (run / "eval" / "step-3.json").exists()
     assert (run / "plots" / "dev_error_rate.png").exists()
+    assert _history_steps(run / "eval" / "history.jsonl") == [0, 3]  # the starting model (eval.on_start), the end
+    assert (run / "skipped.jsonl").read_text() == ""  # every clip was usable
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     steps = [m for m in metrics if "loss" in m]
     assert [m["step"] for m in steps] == [1, 2, 3]
@@ -244,17 +246,17 @@ def test_extending_a_finished_run_keeps_its_final_evaluation(tmp_path, data, tok
     step 3 came after the step-3 checkpoint, and must still be in the history the extension writes."""
     main(parse_args(_overrides(tmp_path, *data, max_steps=3, **{"eval.every": 2})))
     run = tmp_path / "run"
-    assert _history_steps(run / "eval" / "history.jsonl") == [2, 3]
+    assert _history_steps(run / "eval" / "history.jsonl") == [0, 2, 3]
     capsys.readouterr()
     result = main(parse_args(_overrides(tmp_path, *data, max_steps=4, **{"eval.every": 2})))
     out = capsys.readouterr().out
     assert "resuming with changed settings: max_steps 3 → 4" in out and "resumed from" in out
     assert result["step"] == 4
-    assert _history_steps(run / "eval" / "history.jsonl") == [2, 3, 4]
+    assert _history_steps(run / "eval" / "history.jsonl") == [0, 2, 3, 4]  # step 0 not redone by the resume
     state = json.loads((run / "checkpoints" / "step-4" / "trainer_state.json").read_text())
-    assert [h["step"] for h in state["evaluator"]["history"]] == [2, 3, 4]
+    assert [h["step"] for h in state["evaluator"]["history"]] == [0, 2, 3, 4]
     assert "max_steps: 4" in (run / "checkpoints" / "step-4" / "config.yaml").read_text()
     assert "max_steps: 4" in (run / "config.yaml").read_text()
     main(parse_args(_overrides(tmp_path, *data, max_steps=4, **{"eval.every": 2})))  # again: nothing to add
     assert "resuming with changed settings" not in capsys.readouterr().out
-    assert _history_steps(run / "eval" / "history.jsonl") == [2, 3, 4]
+    assert _history_steps(run / "eval" / "history.jsonl") == [0, 2, 3, 4]

@@ -1,7 +1,7 @@
-"""README's "Adapting a released ARK-ASR checkpoint to your domain", step by step, at tiny scale:
+"""docs/domain_adaptation.md, step by step, at tiny scale:
 an ARK-layout "released" checkpoint, a Qwen3-ASR teacher, a folder of unlabelled audio and a
 labelled dev folder -> manifests -> baseline -> pseudo-labels + SFT (route 1) and OPD (route 2)
--> dev error rates. Each entry runs from the README's own config files, with only paths and sizes
+-> dev error rates. Each entry runs from the route's own config files, with only paths and sizes
 overridden."""
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def test_both_routes_from_a_released_checkpoint(tmp_path, tokenizer, monkeypatch
     teacher_processor.save_pretrained(tmp_path / "checkpoints/Qwen3-ASR-1.7B")
     _audio_folder(tmp_path / "calls", 6, labelled=False)
     _audio_folder(tmp_path / "calls_dev", 3, labelled=True)
-    monkeypatch.chdir(tmp_path)  # the README's relative paths, in a scratch folder
+    monkeypatch.chdir(tmp_path)  # the route's relative paths, in a scratch folder
 
     # 2. manifests
     from data_recipes.local_dir import prepare

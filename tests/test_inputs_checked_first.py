@@ -1,5 +1,5 @@
-"""evaluate.py and transcribe.py check what they read and write before any model loads, and say
-when a flag cannot act."""
+"""evaluate.py, transcribe.py and the training recipes check what they read and write before any model
+loads, and say when a flag cannot act."""
 
 from __future__ import annotations
 
@@ -65,3 +65,31 @@ def test_transcribe_checks_first_and_says_which_flags_cannot_act(tmp_path, manif
     said = capsys.readouterr().out
     assert "--language de is ignored in manifest mode" in said
     assert "--max-wer compares with each line's reference" in said and "does nothing on unlabelled audio" in said
+
+
+@pytest.mark.parametrize("problem", ["missing dev", "bad language", "shared id"])
+def test_a_training_run_reads_every_manifest_before_building_anything(tmp_path, monkeypatch, problem):
+    """A dev manifest that does not exist, a line with an unknown language code, an id two training
+    sources share: each is a ConfigError naming the key and the file before any model is built."""
+    import json
+
+    from train import distill
+    from tests.test_distill import _manifest, _overrides
+    from train.config import ConfigError
+
+    train, dev = _manifest(tmp_path / "data", 2), _manifest(tmp_path / "data", 1, name="dev.jsonl")
+    other = tmp_path / "data" / "other.jsonl"
+    rows = [json.loads(line) for line in train.read_text().splitlines()]
+    sources, expected = f"[{{path: {train}}}]", None
+    if problem == "missing dev":
+        dev, expected = tmp_path / "nowhere.jsonl", "data.dev: .*nowhere.jsonl"
+    elif problem == "bad language":
+        other.write_text("".join(json.dumps({**r, "id": f"x{i}", "language": "gr"}) + "\n" for i, r in enumerate(rows)))
+        sources, expected = f"[{{path: {train}}}, {{path: {other}}}]", "data.train: .*other.jsonl.*did you mean el"
+    else:
+        other.write_text(json.dumps(rows[0]) + "\n")
+        sources, expected = f"[{{path: {train}}}, {{path: {other}}}]", f"data.train: id .* in {train} and in {other}"
+    monkeypatch.setattr(distill, "build_student_model", lambda *a, **k: pytest.fail("a model was built"))
+    with pytest.raises(ConfigError, match=expected):
+        distill.main(distill.parse_args(_overrides(tmp_path, train, dev, **{"data.train": sources})))
+    assert not (tmp_path / "run").exists()

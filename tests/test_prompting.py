@@ -77,3 +77,49 @@ def test_transcribe_and_a_same_family_teacher_default_to_the_model_s_prompting(s
     assert SameFamilyTeacher.from_pretrained(saved, student_processor, vocab).language_prompt is True
     assert SameFamilyTeacher.from_pretrained(saved, student_processor, vocab, language_prompt=False
                                              ).language_prompt is False
+
+
+def _sft(tmp_path, name, train, dev, *overrides):
+    from train.sft import main, parse_args
+
+    base = [f"output_dir={tmp_path / name}", "max_steps=1", f"data.train=[{{path: {train}}}]",
+            f"data.dev=[{{path: {dev}}}]", "data.num_workers=0", "data.max_batch_size=2", "eval.max_new_tokens=2",
+            "eval.listening_clips=0", "log.wandb_mode=disabled", "checkpoint.every=1"]
+    main(parse_args(["--config", "configs/sft/toy.yaml", *base, *overrides]))
+    return json.loads((tmp_path / name / "final" / PROMPT_FILE).read_text()).get("language_prompt")
+
+
+def test_training_records_its_prompting_and_the_next_stage_follows_it_unless_told(tmp_path, tokenizer, capsys,
+                                                                                monkeypatch):
+    """data.language_prompt unset: as the starting model was trained; the run's final/ records what it used,
+    and dev prompts follow training's unless eval.language_prompt says otherwise."""
+    from tests.test_distill import _manifest
+    from train.eval import timed
+
+    train, dev = _manifest(tmp_path / "data", 2), _manifest(tmp_path / "data", 1, name="dev.jsonl")
+    seen = []
+    original = timed.StudentTranscriber.transcribe
+    monkeypatch.setattr(timed.StudentTranscriber, "transcribe",
+                        lambda self, audios, languages: seen.append(self.language_prompt) or original(
+                            self, audios, languages))
+
+    assert _sft(tmp_path, "scratch", train, dev) is False  # a fresh model does not say: no language
+    assert "language prompt: off (the starting model does not say; default)" in capsys.readouterr().out
+    assert _sft(tmp_path, "tagged", train, dev, "data.language_prompt=true") is True
+    assert "language prompt: on (data.language_prompt)" in capsys.readouterr().out and seen[-1] is True
+
+    tagged = tmp_path / "tagged" / "final"
+    assert _sft(tmp_path, "follows", train, dev, f"student.checkpoint={tagged}") is True
+    assert "language prompt: on (as the starting model was trained)" in capsys.readouterr().out and seen[-1] is True
+    assert _sft(tmp_path, "told", train, dev, f"student.checkpoint={tagged}", "data.language_prompt=false") is False
+    assert _sft(tmp_path, "dev_apart", train, dev, f"student.checkpoint={tagged}", "eval.language_prompt=false") is True
+    assert "language prompt: on (as the starting model was trained); dev evaluation: off" in capsys.readouterr().out
+    assert seen[-1] is False
+
+
+def test_a_qwen3_asr_teacher_refuses_a_language_prompt_it_would_ignore():
+    from train.config import ConfigError, TeacherConfig
+
+    with pytest.raises(ConfigError, match="teacher.language_prompt: a qwen3_asr teacher always forces"):
+        TeacherConfig(kind="qwen3_asr", checkpoint="x", language_prompt=False)
+    assert TeacherConfig(kind="qwen3_asr", checkpoint="x").language_prompt is None

@@ -129,3 +129,42 @@ def test_sft_on_audio_without_transcripts_fails_before_building_a_model(tmp_path
     with pytest.raises(ConfigError, match=f"no line of {pool} has a transcript.*train/transcribe.py.*train/distill.py"):
         main(_args(tmp_path, pool, dev))
     assert not (tmp_path / "run").exists()
+
+
+def _random_states(checkpoint) -> dict:
+    """The random states accelerate saved in a checkpoint (Python, NumPy, torch), comparable with ==."""
+    state = torch.load(checkpoint / "random_states_0.pkl", weights_only=False)
+    numpy = state["numpy_random_seed"]
+    return {"python": state["random_state"], "numpy": (numpy[0], numpy[1].tolist(), *numpy[2:]),
+            "torch": state["torch_manual_seed"].tolist()}
+
+
+def test_the_starting_evaluation_is_step_0_and_draws_no_training_randomness(tmp_path, tokenizer, monkeypatch):
+    """eval.on_start (the default) evaluates the starting model at step 0: first in the history and the
+    plot. It puts back every random state it drew from, so the run checkpoints and trains exactly as with
+    eval.on_start=false, which leaves step 0 out."""
+    import random
+
+    import numpy as np
+
+    from train import recipe
+
+    real = recipe.run_dev_eval
+
+    def drawing(*args, **kwargs):  # an evaluation that draws from every generator a checkpoint saves
+        random.random(), np.random.rand(), torch.rand(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(recipe, "run_dev_eval", drawing)
+    train = _manifest(tmp_path / "data", 4)
+    dev = _manifest(tmp_path / "data", 2, name="dev.jsonl")
+    for name, on_start in (("on", "true"), ("off", "false")):
+        main(_args(tmp_path / name, train, dev, max_steps=2, **{"checkpoint.every": 1, "eval.on_start": on_start}))
+    on, off = tmp_path / "on/run", tmp_path / "off/run"
+    history = {r: [json.loads(x)["step"] for x in (r / "eval/history.jsonl").read_text().splitlines()] for r in (on, off)}
+    assert history == {on: [0, 2], off: [2]}
+    assert (on / "eval/step-0.json").exists() and not (off / "eval/step-0.json").exists()
+    for step in (1, 2):
+        assert _random_states(on / f"checkpoints/step-{step}") == _random_states(off / f"checkpoints/step-{step}")
+    a, b = load_file(on / "final/model.safetensors"), load_file(off / "final/model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -248,8 +248,8 @@ def test_changed_settings_refuse_overwrite_restarts_complete_reruns_nothing(tmp_
     monkeypatch.setattr(transcribe, "load_transcriber", lambda *args: EchoTranscriber())
     with pytest.raises(SystemExit, match=r"out\.jsonl\.progress.*--overwrite"):  # the CLI also decodes differently
         transcribe.main(["--model", "echo", "--manifest", str(manifest), "--out", str(out), "--device", "cpu"])
-    with manifest.open("a") as f:
-        f.write(manifest.read_text().splitlines(keepends=True)[0])
+    with manifest.open("a") as f:  # one more line (ids stay unique, as manifests must have them)
+        f.write(manifest.read_text().splitlines(keepends=True)[0].replace('"id": "u0"', '"id": "u12"'))
     with pytest.raises(RunMismatch, match="fingerprint"):
         pseudo_label(EchoTranscriber(), str(manifest), out)
 
@@ -308,3 +308,51 @@ def test_launchers_choose_the_shard_and_device(monkeypatch, tmp_path):
     with pytest.raises(SystemExit):
         parse_args([*argv, "--shard", "3/3"])
     assert parse_args(["--merge", "--out", "out.jsonl", "--shards", "3"]).merge
+
+
+# ---- file mode: unreadable files are named, and the exit status says so -------------------------------------
+
+def test_file_mode_names_unreadable_files_after_the_others_and_fails(tmp_path, monkeypatch, capsys):
+    import train.transcribe as transcribe
+
+    good = write(tmp_path / "good.wav", sine(300, 0.5))
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunkjunk" + bytes(range(64)))
+    silent = write(tmp_path / "silent.flac", np.zeros(8000, dtype=np.float32))
+    monkeypatch.setattr(transcribe, "load_transcriber", lambda *args: EchoTranscriber())
+    with pytest.raises(SystemExit) as exit_info:
+        transcribe.main(["--model", "echo", str(good), str(corrupt), str(silent), "--device", "cpu"])
+    assert exit_info.value.code == "error: 2 of 3 file(s) could not be read (named above)"
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == 1 and out.startswith(f"{good}\tclip 8000 ")  # the readable file's transcript
+    assert f"{corrupt}: could not be read (unreadable: " in err and f"{silent}: could not be read (all_zero: " in err
+
+    # a missing path is refused before any model loads, every one named
+    with pytest.raises(SystemExit) as exit_info:
+        transcribe.main(["--model", "echo", str(good), str(tmp_path / "a.wav"), str(tmp_path / "b.wav")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'a.wav'}: no such audio file" in err and f"{tmp_path / 'b.wav'}: no such audio file" in err
+
+
+def test_file_mode_exit_status_and_a_file_gone_after_the_check(tmp_path, capsys):
+    from train.transcribe import transcribe_files
+
+    good = write(tmp_path / "good.wav", sine(300, 0.5))
+    gone = tmp_path / "gone.wav"
+    result = transcribe_files(EchoTranscriber(), [str(good), str(gone)], None, batch_size=4)
+    assert list(result["texts"]) == [str(good)] and result["unreadable"] == {str(gone): f"missing: {gone}"}
+    assert f"{gone}: could not be read (missing: {gone})" in capsys.readouterr().err
+
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_bytes(b"not audio at all")
+    run = _run_cli(["--model", "echo", str(good), str(corrupt), "--device", "cpu"], {})
+    assert run.returncode == 1, run.stderr[-2000:]
+    assert run.stdout.startswith(f"{good}\tclip 8000") and f"{corrupt}: could not be read (unreadable" in run.stderr
+
+
+def test_every_option_of_transcribe_shows_its_default():
+    from tests.eval.test_compare import options_without_default
+    from train.transcribe import build_parser
+
+    assert options_without_default(build_parser()) == []

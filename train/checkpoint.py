@@ -17,6 +17,8 @@ import re
 import shutil
 from pathlib import Path
 
+from train.quiet import tied_embeddings_saved
+
 STATE_FILE = "trainer_state.json"
 CONFIG_FILE = "config.yaml"
 _STEP = re.compile(r"^step-(\d+)$")
@@ -63,7 +65,8 @@ def save_checkpoint(accelerator, run_dir: str | Path, step: int, state: dict, ke
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
+    with tied_embeddings_saved():  # the tied lm_head is left out of the file on purpose (train/quiet.py)
+        accelerator.save_state(str(tmp), safe_serialization=True)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if (Path(run_dir) / CONFIG_FILE).is_file():

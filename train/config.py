@@ -219,7 +219,9 @@ class DataConfig:
     min_seconds: float = 0.1
     max_seconds: float = 30.0
     num_workers: int = 2
-    language_prompt: bool = False  # put each utterance's language in its prompt
+    # Put each utterance's language in its prompt. None: as the starting model was trained (its
+    # ark_opd_prompt.json), else no. The run's final/ records what it trained with.
+    language_prompt: Optional[bool] = None
     keep_audio: bool = False  # pass raw audio in batches (teachers with their own front end need it)
 
     def __post_init__(self):
@@ -302,6 +304,64 @@ def config_to_yaml(cfg) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 
 
+def config_help(schema) -> str:
+    """Every key of `schema` with its default and its comment, a section at a time: the epilog of an entry
+    point's --help. Read from the dataclasses (and their source's comments), so it cannot go stale."""
+    import inspect
+    import json
+    import textwrap
+
+    def notes(cls) -> dict[str, str]:  # a field's trailing comment, else the comment lines just above it
+        found, names = {}, {f.name for f in dataclasses.fields(cls)}
+        for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):  # a subclass's win
+            try:
+                source = inspect.getsource(klass).splitlines()[1:]
+            except (OSError, TypeError):
+                continue
+            above = []
+            for line in source:
+                name = line[4:].split(":", 1)[0]
+                if line.strip().startswith("#"):
+                    above.append(line.strip().lstrip("#").strip())
+                    continue
+                if line.startswith("    ") and not line.startswith("     ") and name in names:
+                    found[name] = line.split("  # ", 1)[1].strip() if "  # " in line else " ".join(above)
+                above = []
+        return found
+
+    def shown(value) -> str:
+        if isinstance(value, list):
+            items = [shown(v) for v in value]
+            return "[" + ", ".join(items[:2] + ([f"... {len(items)} in all"] if len(items) > 2 else [])) + "]"
+        if dataclasses.is_dataclass(value):  # only what differs from the class's defaults
+            return "{" + ", ".join(f"{f.name}: {shown(getattr(value, f.name))}" for f in dataclasses.fields(value)
+                                   if getattr(value, f.name) != f.default) + "}"
+        return "null" if value is None else json.dumps(value) if isinstance(value, bool) or value == "" else str(value)
+
+    lines = ["config keys and their defaults (set any with key=value; --print-config shows the resolved config):"]
+
+    def walk(cls, prefix: str) -> None:
+        docs, sections = notes(cls), []
+        for f in dataclasses.fields(cls):
+            if isinstance(f.default_factory, type) and dataclasses.is_dataclass(f.default_factory):
+                sections.append((f.name, f.default_factory))
+                continue
+            value = ("(required)" if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+                     else shown(f.default if f.default_factory is dataclasses.MISSING else f.default_factory()))
+            line = f"  {prefix}{f.name} = {value}"
+            if docs.get(f.name):
+                line = textwrap.fill(f"{line}  # {docs[f.name]}", 110, subsequent_indent="      # ")
+            lines.append(line)
+        for name, sub in sections:
+            doc = (sub.__doc__ or "").strip()
+            doc = "" if doc.startswith(sub.__name__ + "(") else " ".join(doc.split())  # dataclass's own repr
+            lines.extend(["", textwrap.fill(f"{prefix}{name}: {doc}" if doc else f"{prefix}{name}:", 110)])
+            walk(sub, f"{prefix}{name}.")
+
+    walk(schema, "")
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------------------------
 # The distillation recipe (train/distill.py)
 
@@ -336,7 +396,9 @@ class TeacherConfig:
     seed: int = 1234
     init_std: Optional[float] = None  # random teacher only: re-draw weights with this std (peaked outputs)
     dtype: Optional[str] = None  # default: as saved
-    language_prompt: bool = False
+    # Same-family teachers: each clip's language in the teacher's prompt. None: as the teacher was trained
+    # (its ark_opd_prompt.json), else no. A qwen3_asr teacher always forces a language it knows.
+    language_prompt: Optional[bool] = None
     max_unmapped: float = 0.05  # refuse to distil if more of the student's tokens have no teacher token
     # Rollout rows per teacher forward: its full-vocabulary logits are rows x tokens x vocabulary.
     rows_per_forward: Optional[int] = None  # None: all rows of a micro-batch at once
@@ -350,6 +412,9 @@ class TeacherConfig:
                  "a qwen3_asr teacher needs a checkpoint")
         _require(self.rows_per_forward is None or self.rows_per_forward >= 1, "teacher.rows_per_forward",
                  f"must be >= 1, got {self.rows_per_forward}")
+        _require(self.kind == "same_family" or self.language_prompt is None, "teacher.language_prompt",
+                 "a qwen3_asr teacher always forces the language of a clip it knows (its own chat template); "
+                 "leave the key unset")
 
 
 @dataclass
@@ -436,9 +501,12 @@ class LogConfig:
 @dataclass
 class EvalConfig:
     every: int = 0  # steps between dev evaluations; 0 = only at the end
+    # A dev evaluation at step 0, before the first update: the starting model's rates, the first point of the
+    # plot, and a candidate for the best step. Not redone by a resumed run; it draws no training randomness.
+    on_start: bool = True
     batch_size: int = 16
     max_new_tokens: int = 256
-    language_prompt: bool = False
+    language_prompt: Optional[bool] = None  # None: as data.language_prompt (dev prompts like training's)
     listening_clips: int = 32  # dev clips for the own- vs swapped-audio loss gap (train/eval/listening.py); 0 = off
 
 

@@ -4,8 +4,9 @@
     python train/distill.py --config configs/distill/toy.yaml max_steps=20      # one process
 
 Reads top to bottom: config -> accelerator and run folder -> student, teacher, data, optimizer ->
-resume -> loop (collect rollouts and teacher scores; update) with logging, dev evaluation and
-checkpoints -> final model. The default config is the bundled toy setup.
+resume -> the starting model's dev evaluation (step 0) -> loop (collect rollouts and teacher scores;
+update) with logging, dev evaluation and checkpoints -> final model. The default config is the bundled
+toy setup.
 """
 
 from __future__ import annotations
@@ -22,7 +23,13 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
 
 from accelerate.utils import set_seed  # noqa: E402
 
-from train.config import DistillConfig, ModelConfig, config_to_dict, load_config  # noqa: E402
+from train.cli import config_errors_exit, recipe_config, recipe_parser  # noqa: E402
+from train.config import (  # noqa: E402
+    DistillConfig,
+    ModelConfig,
+    config_to_dict,
+    load_config,
+)
 from train.data.loader import make_loader  # noqa: E402
 from train.models import build_student  # noqa: E402
 from train.engine import Engine  # noqa: E402
@@ -33,6 +40,7 @@ from train.recipe import (  # noqa: E402
     decoding_sync,
     ensure_toy_corpus,
     evaluate_and_checkpoint,
+    evaluate_at_start,
     finish_run,
     inject_faults,
     make_accelerator,
@@ -40,8 +48,10 @@ from train.recipe import (  # noqa: E402
     next_batches,
     no_zero3_init,
     prepare_run_dir,
+    read_run_manifests,
     refuse_zero3_with_tied_embeddings,
     resume_run,
+    settle_prompting,
     stop_if_nonfinite,
     student_model_config,
 )
@@ -92,10 +102,12 @@ def main(cfg: DistillConfig) -> dict:
     # partition of its initial weights; nothing broadcasts them).
     set_seed(cfg.seed)
     ensure_toy_corpus(cfg, accelerator)
+    manifests = read_run_manifests(cfg, accelerator)  # every manifest read and checked before any build
     run_dir = prepare_run_dir(cfg, accelerator)
 
     with no_zero3_init(accelerator, unless_asked=True):  # partitioned at build only with zero3_init_flag
         student, processor = build_student_model(cfg, model_cfg, accelerator)
+    settle_prompting(cfg, processor, accelerator)  # data/eval.language_prompt: unset = as the model was trained
     refuse_zero3_with_tied_embeddings(accelerator, student)
     with no_zero3_init(accelerator):  # the teacher is not trained: whole weights on every rank
         teacher = build_teacher(cfg, processor, student.config.text_config.vocab_size, accelerator.device)
@@ -104,9 +116,9 @@ def main(cfg: DistillConfig) -> dict:
     cfg.data.keep_audio = cfg.data.keep_audio or needs_audio
     loader = make_loader(cfg.data.train, processor, cfg.data, seed=cfg.seed, num_replicas=accelerator.num_processes,
                          rank=accelerator.process_index, new_tokens=cfg.opd.max_new_tokens,
-                         rows_per_clip=cfg.opd.n_samples)
+                         rows_per_clip=cfg.opd.n_samples, read=manifests.train)
     sampler = loader.batch_sampler
-    evaluator = make_evaluator(cfg, run_dir, accelerator, processor)
+    evaluator = make_evaluator(cfg, run_dir, accelerator, processor, manifests.dev)
     engine = Engine(accelerator, cfg, student)
     all_done = decoding_sync(accelerator)
     allowed_V = processor.allowed_token_mask(accelerator.unwrap_model(engine.model).config.text_config.vocab_size)
@@ -114,6 +126,7 @@ def main(cfg: DistillConfig) -> dict:
     step, skipped = resume_run(cfg, accelerator, run_dir, sampler, evaluator, engine)
     last_batch, nonfinite_run = None, 0
     log = RunLog(accelerator, run_dir, cfg.max_steps, step, cfg.log, config_to_dict(cfg))
+    evaluate_at_start(cfg, accelerator, step, engine, processor, evaluator, skipped)  # eval.on_start
     data = batches_forever(loader)
     while step < cfg.max_steps:
         step += 1
@@ -122,7 +135,7 @@ def main(cfg: DistillConfig) -> dict:
         # so a resumed run samples exactly what it would have.
         step_seed = cfg.seed * 1_000_003 + step * 1_009
         on_policy = gkd_coin(cfg, step)
-        batches = next_batches(data, cfg.optim.grad_accum, skipped)
+        batches = next_batches(data, cfg.optim.grad_accum, skipped, step)
         micro = collect(accelerator.unwrap_model(engine.model), processor, teacher, batches, cfg.opd, on_policy,
                         step_seed, accelerator.device, all_done, chunk=cfg.optim.logits_chunk, decoder=engine.decoder)
         rolled = time.perf_counter()
@@ -133,7 +146,7 @@ def main(cfg: DistillConfig) -> dict:
         nonfinite_run = nonfinite_run + 1 if stats["nonfinite"] else 0
         log.log(step, {**stats, **rollout_stats(micro, processor), "lr": lr,
                        "rollout_seconds": rolled - started, "step_seconds": time.perf_counter() - started,
-                       "skipped_files": sum(skipped.values()), "on_policy": float(on_policy)})
+                       "skipped_files": skipped.total, "on_policy": float(on_policy)})
         stop_if_nonfinite(nonfinite_run, cfg, step, run_dir)
         evaluate_and_checkpoint(cfg, accelerator, run_dir, step, engine, processor, evaluator, sampler, last_batch,
                                 skipped)
@@ -151,13 +164,14 @@ def rollout_stats(micro, processor) -> dict:
             "samples": float(len(lengths)), "rollout_tokens": float(lengths.sum())}
 
 
+def build_parser() -> argparse.ArgumentParser:
+    return recipe_parser(__doc__, DistillConfig, str(DEFAULT_CONFIG), "max_steps=20 opd.k=16")
+
+
 def parse_args(argv: list[str] | None = None) -> DistillConfig:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG))
-    parser.add_argument("overrides", nargs="*", help="key=value, e.g. max_steps=20 opd.k=16")
-    args = parser.parse_args(argv)
-    return load_config(DistillConfig, args.config, args.overrides)
+    return recipe_config(build_parser(), DistillConfig, argv)
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    with config_errors_exit():  # a wrong key or value, here or while the run is set up: one line, status 2
+        main(parse_args())

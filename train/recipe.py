@@ -8,9 +8,11 @@ import dataclasses
 import hashlib
 import json
 import os
+import random
 import signal
 from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, gather_object
@@ -27,6 +29,8 @@ from train.checkpoint import (
 )
 from train.config import ConfigError, ModelConfig, RunConfig, config_to_yaml, load_config
 from train.data.audio import AudioLimits, SkipCounter
+from train.data.loader import read_labelled_sources, read_sources
+from train.data.manifest import ManifestError, check_unique_ids, read_manifest
 from train.eval.listening import ListeningProbe
 from train.eval.periodic import PeriodicEvaluator
 from train.eval.timed import StudentTranscriber
@@ -34,10 +38,13 @@ from train.engine import is_zero3, params_sharded, resolve_mixed_precision, stor
 from train.models import build_student, configure_training, load_student, save_student
 from train.models.build import DTYPES, frozen_random_parts
 from train.models.ctc import StudentWithCTC, student_state_dict, unwrap_student
+from train.models.processor import prompt_with_language
+from train.quiet import expect_cpu, no_shard_bar
 from train.run_config import resume_changes
 
 TOY_DIR = "data/toy_tts"
 PENDING_CONFIG = ".tmp-" + CONFIG_FILE  # this launch's settings, until the run starts (resume_run)
+SKIPPED_FILE = "skipped.jsonl"  # in the run folder: every clip the run could not use (SkippedClips)
 
 
 def student_model_config(cfg: RunConfig) -> ModelConfig:
@@ -63,6 +70,8 @@ def student_model_config(cfg: RunConfig) -> ModelConfig:
 
 
 def make_accelerator(cfg: RunConfig, model_cfg: ModelConfig) -> Accelerator:
+    if not torch.cuda.is_available():
+        expect_cpu()  # DeepSpeed need not say it falls back to the CPU (train/quiet.py)
     trackers = []
     if cfg.log.wandb_mode != "disabled":
         trackers.append("wandb")
@@ -171,6 +180,23 @@ def build_student_model(cfg: RunConfig, model_cfg: ModelConfig, accelerator):
     return model.train(), processor
 
 
+def settle_prompting(cfg: RunConfig, processor, accelerator) -> None:
+    """Whether the student's prompts name each clip's language, decided once: `data.language_prompt`, else
+    as the starting model was trained (its ark_opd_prompt.json), else no; dev prompts (`eval.language_prompt`)
+    follow training's unless set. The processor records it, so checkpoints and final/ remember it and
+    evaluate.py, transcribe.py and a later stage's teacher or student prompt the same way by default."""
+    asked = cfg.data.language_prompt
+    cfg.data.language_prompt = prompt_with_language(asked, processor)
+    if cfg.eval.language_prompt is None:
+        cfg.eval.language_prompt = cfg.data.language_prompt
+    source = ("data.language_prompt" if asked is not None else "as the starting model was trained"
+              if processor.language_prompt is not None else "the starting model does not say; default")
+    accelerator.print(f"language prompt: {'on' if cfg.data.language_prompt else 'off'} ({source})"
+                      + (f"; dev evaluation: {'on' if cfg.eval.language_prompt else 'off'} (eval.language_prompt)"
+                         if cfg.eval.language_prompt != cfg.data.language_prompt else ""))
+    processor.language_prompt = cfg.data.language_prompt
+
+
 def refuse_zero3_with_tied_embeddings(accelerator, student) -> None:
     """Measured here (DeepSpeed 0.19.8): under ZeRO-3 a student whose lm_head is tied to its input
     embeddings ends a step with other embedding rows than under ZeRO-2 or DDP (which agree), while an
@@ -181,13 +207,36 @@ def refuse_zero3_with_tied_embeddings(accelerator, student) -> None:
                          "configs/accelerate/zero2.yaml, or a student config with tie_word_embeddings: false")
 
 
-def make_evaluator(cfg: RunConfig, run_dir: Path, accelerator, processor) -> PeriodicEvaluator:
-    """Dev evaluation on `data.dev`, with the own- vs swapped-audio loss gap on up to
-    `eval.listening_clips` dev clips spread over the manifests (0: none). A manifest that does not
-    exist fails here, before any compute."""
+@dataclasses.dataclass
+class RunManifests:
+    train: tuple[list, list[int], list[float]]  # read_sources' (utterances, sizes, weights)
+    dev: dict[str, list]  # {path: utterances}
+
+
+def read_run_manifests(cfg: RunConfig, accelerator, supervised: bool = False) -> RunManifests:
+    """Every manifest of the run, read and checked before any model is built: a missing file, a bad
+    line, an unknown language code or an id two sources share is a ConfigError naming the key, the file
+    and the line. A supervised stage reads only lines with a transcript (read_labelled_sources)."""
+    try:
+        train = (read_labelled_sources(cfg.data.train, "data.train", warn=accelerator.print) if supervised
+                 else read_sources(cfg.data.train))
+    except ManifestError as err:
+        raise ConfigError(f"data.train: {err}") from None
+    try:
+        dev = {s.path: read_manifest(s.path) for s in cfg.data.dev}
+        check_unique_ids(dev.items())
+    except ManifestError as err:
+        raise ConfigError(f"data.dev: {err}") from None
+    return RunManifests(train, dev)
+
+
+def make_evaluator(cfg: RunConfig, run_dir: Path, accelerator, processor,
+                   dev: dict[str, list] | None = None) -> PeriodicEvaluator:
+    """Dev evaluation on `data.dev` (`dev`: its manifests as read_run_manifests read them), with the own-
+    vs swapped-audio loss gap on up to `eval.listening_clips` dev clips spread over the manifests (0: none)."""
     limits = AudioLimits(cfg.data.min_seconds, cfg.data.max_seconds)
-    evaluator = PeriodicEvaluator([s.path for s in cfg.data.dev], run_dir, max(cfg.eval.every, 1), accelerator,
-                                  cfg.eval.batch_size, limits)
+    evaluator = PeriodicEvaluator(dev if dev is not None else [s.path for s in cfg.data.dev], run_dir,
+                                  max(cfg.eval.every, 1), accelerator, cfg.eval.batch_size, limits)
     labelled = [u for utts in evaluator.manifests.values() for u in utts if u.text]
     if cfg.eval.listening_clips and len(labelled) >= 2:
         spread = labelled[:: max(1, len(labelled) // cfg.eval.listening_clips)][: cfg.eval.listening_clips]
@@ -196,14 +245,14 @@ def make_evaluator(cfg: RunConfig, run_dir: Path, accelerator, processor) -> Per
     return evaluator
 
 
-def resume_run(cfg: RunConfig, accelerator, run_dir: Path, sampler, evaluator, engine) -> tuple[int, SkipCounter]:
+def resume_run(cfg: RunConfig, accelerator, run_dir: Path, sampler, evaluator, engine) -> tuple[int, SkippedClips]:
     """Restore model/optimizer/RNG, the schedule, the sampler position and the evaluator's history from
     the checkpoint `cfg.resume` names (auto: the newest complete one; its settings were checked by
-    `prepare_run_dir`); (step, skip counts) to go on from. The run starts here: its config.yaml is written."""
+    `prepare_run_dir`); (step, skipped clips) to go on from. The run starts here: its config.yaml is written."""
     path = resolve_resume(cfg.resume, run_dir)
     if path is None:
         record_settings(accelerator, run_dir)
-        return 0, SkipCounter()
+        return 0, SkippedClips(accelerator, run_dir)
     state = load_checkpoint(accelerator, path)
     if "engine" not in state:
         raise ValueError(f"{path}/trainer_state.json has no 'engine' (LR schedule) entry: it was written by an "
@@ -213,7 +262,7 @@ def resume_run(cfg: RunConfig, accelerator, run_dir: Path, sampler, evaluator, e
     evaluator.load_state_dict(state["evaluator"])
     accelerator.print(f"resumed from {path} at step {state['step']}")
     record_settings(accelerator, run_dir)
-    return state["step"], SkipCounter(state["skipped"])
+    return state["step"], SkippedClips(accelerator, run_dir, state["skipped"], state.get("skipped_lines"))
 
 
 def record_settings(accelerator, run_dir: Path) -> None:
@@ -223,17 +272,64 @@ def record_settings(accelerator, run_dir: Path) -> None:
         os.replace(run_dir / PENDING_CONFIG, run_dir / CONFIG_FILE)
 
 
+class SkippedClips:
+    """The clips a run could not use: counted by reason (`counts`, for the step log and the final report)
+    and named in the run folder's skipped.jsonl, one line per clip {step, id, audio, reason, detail, split}
+    (split: train, or dev for a dev evaluation's). Each rank holds its clips until a point every rank
+    reaches (a checkpoint, the step-0 or the final evaluation), where `flush` gathers them and rank 0
+    appends them, by step, before the checkpoint is written. The checkpoint keeps the file's line count:
+    a run resumed from it cuts the file back to that many lines and replays the steps after it, so the
+    file ends as an uninterrupted run's does, with no line twice and none lost."""
+
+    def __init__(self, accelerator, run_dir: Path, counts: dict | None = None, lines: int | None = 0):
+        """`lines`: how many of the file's lines to keep (a resumed checkpoint's count; 0: a new run); None
+        (a checkpoint saved before the count was kept): the file as it is."""
+        self.accelerator, self.path = accelerator, Path(run_dir) / SKIPPED_FILE
+        self.counts, self.pending = SkipCounter(counts or {}), []
+        if accelerator.is_main_process:  # the only writer
+            kept = self.path.read_text().splitlines(keepends=True) if self.path.is_file() else []
+            lines = len(kept) if lines is None else lines
+            self.path.write_text("".join(kept[:lines]))
+        self.lines = lines or 0  # rank 0's count is the one its checkpoints save
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def add(self, step: int, split: str, clips: list[dict]) -> None:
+        """Hold this rank's `clips` ({id, audio, reason, detail}) of `step` for the next flush."""
+        self.pending.extend({"step": step, **clip, "split": split} for clip in clips)
+
+    def flush(self) -> None:
+        """Collective (every rank calls it): the clips every rank holds, appended by rank 0, synced to disk."""
+        records = gather_object(self.pending) if self.accelerator.num_processes > 1 else self.pending
+        self.pending = []
+        records = sorted(records, key=lambda r: r["step"])  # stable: by rank, then as held, within a step
+        if self.accelerator.is_main_process and records:
+            with open(self.path, "a") as f:
+                f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+                f.flush()
+                os.fsync(f.fileno())
+        self.lines += len(records)
+
+    def report(self) -> str:
+        """The final report's line: training's skips by reason, and where each skipped clip is named."""
+        return self.counts.report() + (f"; each skipped clip (training and dev) is named in {self.path}"
+                                       if self.lines else "")
+
+
 def batches_forever(loader):
     """Batches across epochs (the sampler advances its own epoch)."""
     while True:
         yield from loader
 
 
-def next_batches(data, count: int, skipped: SkipCounter) -> list[dict]:
-    """The step's `count` micro-batches; the clips they had to skip are added to `skipped`."""
+def next_batches(data, count: int, skipped: SkippedClips, step: int) -> list[dict]:
+    """The step's `count` micro-batches; the clips they had to skip are counted and held for skipped.jsonl."""
     batches = [next(data) for _ in range(count)]
     for batch in batches:
-        skipped.update(batch["skipped"])
+        skipped.counts.update(batch["skipped"])
+        skipped.add(step, "train", batch["skipped_clips"])
     return batches
 
 
@@ -253,28 +349,58 @@ def stop_if_nonfinite(nonfinite_run: int, cfg: RunConfig, step: int, run_dir: Pa
                            f"checkpoint in {run_dir / 'checkpoints'} is intact")
 
 
+@contextlib.contextmanager
+def random_state_kept(accelerator):
+    """Every random state a checkpoint saves (Python, NumPy, torch on the CPU and on this process's GPU)
+    put back as it was before the block, whatever the block drew."""
+    python, numpy = random.getstate(), np.random.get_state()
+    devices = [accelerator.device] if accelerator.device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        random.setstate(python)
+        np.random.set_state(numpy)
+
+
+def evaluate_at_start(cfg: RunConfig, accelerator, step: int, engine, processor, evaluator,
+                      skipped: SkippedClips) -> None:
+    """`eval.on_start`: a dev evaluation at step 0, before the first update: the starting model's rates,
+    the first point of the plot, a candidate best step. A resumed run has it in its history already.
+    Training goes on as it would without it (every random state is put back), so on_start=false trains
+    the same weights, and a resume stays bitwise equal to an uninterrupted run."""
+    if not cfg.eval.on_start or step != 0 or not evaluator.manifests:
+        return
+    with random_state_kept(accelerator):
+        run_dev_eval(evaluator, 0, engine, processor, cfg, accelerator, skipped)
+    skipped.flush()
+
+
 def evaluate_and_checkpoint(cfg: RunConfig, accelerator, run_dir: Path, step: int, engine, processor, evaluator,
-                            sampler, last_batch, skipped: SkipCounter) -> None:
-    """The dev evaluation and the checkpoint that are due after `step`."""
+                            sampler, last_batch, skipped: SkippedClips) -> None:
+    """The dev evaluation and the checkpoint that are due after `step` (skipped.jsonl is brought up to date
+    before the checkpoint is written)."""
     if cfg.eval.every and evaluator.due(step):
-        run_dev_eval(evaluator, step, engine, processor, cfg, accelerator)
+        run_dev_eval(evaluator, step, engine, processor, cfg, accelerator, skipped)
     if step % cfg.checkpoint.every == 0 or step == cfg.max_steps:
         save_run_checkpoint(accelerator, run_dir, step, engine, sampler, last_batch, evaluator, skipped,
                             cfg.checkpoint.keep_last)
 
 
 def finish_run(cfg: RunConfig, accelerator, run_dir: Path, step: int, engine, processor, evaluator, log,
-               skipped: SkipCounter, model_cfg: ModelConfig) -> dict:
+               skipped: SkippedClips, model_cfg: ModelConfig) -> dict:
     """A last dev evaluation (unless this step has one already), the final model in the model config's
     dtype, the skip report. The last evaluation comes after the step's checkpoint, whose RNG state must
-    stay that of a run that goes on without it; it is added to that checkpoint's evaluator history, so a
-    run extended from there (a larger max_steps) keeps it in eval/history.jsonl and its best step."""
+    stay that of a run that goes on without it; it is added to that checkpoint's evaluator history (and its
+    dev skips to skipped.jsonl's line count), so a run extended from there (a larger max_steps) keeps it in
+    eval/history.jsonl, its best step and skipped.jsonl."""
     final_report = None
     if evaluator.last_step != step:  # the same on every rank: the evaluation is collective
-        final_report = run_dev_eval(evaluator, step, engine, processor, cfg, accelerator)
+        final_report = run_dev_eval(evaluator, step, engine, processor, cfg, accelerator, skipped)
+        skipped.flush()
         checkpoint = run_dir / "checkpoints" / f"step-{step}"
         if accelerator.is_main_process and (checkpoint / STATE_FILE).is_file():
-            update_trainer_state(checkpoint, evaluator=evaluator.state_dict())
+            update_trainer_state(checkpoint, evaluator=evaluator.state_dict(), skipped_lines=skipped.lines)
         accelerator.wait_for_everyone()
     save_final(accelerator, engine.model, processor, run_dir, DTYPES[model_cfg.dtype])
     log.close()
@@ -295,7 +421,8 @@ def decoding_sync(accelerator):
     return all_done
 
 
-def run_dev_eval(evaluator, step, engine, processor, cfg, accelerator) -> dict | None:
+def run_dev_eval(evaluator, step, engine, processor, cfg, accelerator, skipped: SkippedClips | None = None
+                 ) -> dict | None:
     model = unwrap_student(accelerator.unwrap_model(engine.model))
     was_training = model.training
     model.eval()
@@ -305,6 +432,8 @@ def run_dev_eval(evaluator, step, engine, processor, cfg, accelerator) -> dict |
                                                                            "decoder": engine.decoder}),
                                 model=model)
     model.train(was_training)
+    if skipped is not None:
+        skipped.add(step, "dev", evaluator.skipped_clips)
     if report is not None and accelerator.log_with:  # eval/history.jsonl keeps them in the run folder
         accelerator.log(evaluator.metrics(report), step=step)
     return report
@@ -313,11 +442,14 @@ def run_dev_eval(evaluator, step, engine, processor, cfg, accelerator) -> dict |
 def save_run_checkpoint(accelerator, run_dir: Path, step: int, engine, sampler, last_batch, evaluator, skipped,
                         keep_last: int) -> Path:
     """Everything `resume_run` needs: the engines' state (model with its float32 masters, optimizer,
-    RNG), the schedule's position, and where the data stands after `last_batch`."""
+    RNG), the schedule's position, where the data stands after `last_batch`, and skipped.jsonl's lines
+    (written first)."""
+    skipped.flush()
     return save_checkpoint(accelerator, run_dir, step, {"engine": engine.state_dict(),
                                                         "sampler": sampler.state_dict(after=last_batch),
                                                         "evaluator": evaluator.state_dict(),
-                                                        "skipped": dict(skipped)}, keep_last)
+                                                        "skipped": dict(skipped.counts),
+                                                        "skipped_lines": skipped.lines}, keep_last)
 
 
 def save_final(accelerator, student, processor, run_dir: Path, dtype: torch.dtype) -> None:
@@ -331,8 +463,9 @@ def save_final(accelerator, student, processor, run_dir: Path, dtype: torch.dtyp
         parameter_digest(state_dict)]
     if accelerator.is_main_process:
         state_dict = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
-        save_student(unwrap_student(accelerator.unwrap_model(student)), processor, run_dir / "final",
-                     state_dict=state_dict)
+        with no_shard_bar():
+            save_student(unwrap_student(accelerator.unwrap_model(student)), processor, run_dir / "final",
+                         state_dict=state_dict)
         (run_dir / "final" / "rank_digests.json").write_text(json.dumps(digests))
         if not is_zero3(accelerator) and len(set(digests)) > 1:  # under ZeRO-3 only rank 0 has them whole
             raise RuntimeError(f"data-parallel ranks ended with different parameters: {digests}")

@@ -1,4 +1,8 @@
-"""Per-step metrics: a JSONL file in the run folder, a tqdm bar, and accelerate's trackers (wandb, TensorBoard)."""
+"""Per-step metrics: a JSONL file in the run folder, a tqdm bar, and accelerate's trackers (wandb, TensorBoard).
+
+wandb is quiet: an offline run says one line (where its files are and how to upload them) instead of
+wandb's banner and closing summary; an online one keeps wandb's link to the run.
+"""
 
 from __future__ import annotations
 
@@ -14,11 +18,14 @@ class RunLog:
                  desc: str = "distill"):
         self.accelerator, self.main = accelerator, accelerator.is_main_process
         self.path = run_dir / "metrics.jsonl"
+        if accelerator.log_with:
+            init = {"wandb": _wandb_kwargs(log_cfg, run_dir)} if log_cfg.wandb_mode != "disabled" else {}
+            accelerator.init_trackers(log_cfg.project, config=_flat(config), init_kwargs=init)
+            if self.main and log_cfg.wandb_mode == "offline":
+                files = Path(accelerator.get_tracker("wandb", unwrap=True).dir).parent
+                print(f"wandb: offline run in {files}; upload it with `wandb sync {files}`")
         self.bar = tqdm(total=total_steps, initial=first_step, disable=not self.main, dynamic_ncols=True,
                         desc=desc)
-        if accelerator.log_with:
-            init = {"wandb": {"mode": log_cfg.wandb_mode, "dir": str(run_dir)}}
-            accelerator.init_trackers(log_cfg.project, config=_flat(config), init_kwargs=init)
 
     def log(self, step: int, metrics: dict) -> None:
         clean = {k: (float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v)
@@ -37,6 +44,14 @@ class RunLog:
         self.bar.close()
         if self.accelerator.log_with:
             self.accelerator.end_training()
+
+
+def _wandb_kwargs(log_cfg, run_dir: Path) -> dict:
+    import wandb
+
+    # silent: no banner, no closing summary (the offline line above says what matters); quiet online keeps the link.
+    settings = wandb.Settings(silent=True) if log_cfg.wandb_mode == "offline" else wandb.Settings(quiet=True)
+    return {"mode": log_cfg.wandb_mode, "dir": str(run_dir), "settings": settings}
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

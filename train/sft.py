@@ -25,8 +25,9 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
 
 from accelerate.utils import set_seed  # noqa: E402
 
-from train.config import SFTConfig, config_to_dict, load_config  # noqa: E402
-from train.data.loader import make_loader, read_labelled_sources  # noqa: E402
+from train.cli import config_errors_exit, recipe_config, recipe_parser  # noqa: E402
+from train.config import SFTConfig, config_to_dict  # noqa: E402
+from train.data.loader import make_loader  # noqa: E402
 from train.engine import Engine  # noqa: E402
 from train.models.ctc import StudentWithCTC  # noqa: E402
 from train.recipe import (  # noqa: E402
@@ -34,6 +35,7 @@ from train.recipe import (  # noqa: E402
     build_student_model,
     ensure_toy_corpus,
     evaluate_and_checkpoint,
+    evaluate_at_start,
     finish_run,
     inject_faults,
     make_accelerator,
@@ -41,8 +43,10 @@ from train.recipe import (  # noqa: E402
     next_batches,
     no_zero3_init,
     prepare_run_dir,
+    read_run_manifests,
     refuse_zero3_with_tied_embeddings,
     resume_run,
+    settle_prompting,
     stop_if_nonfinite,
     student_model_config,
 )
@@ -55,29 +59,31 @@ def main(cfg: SFTConfig) -> dict:
     accelerator = make_accelerator(cfg, model_cfg)
     set_seed(cfg.seed)  # the same initial student on every rank
     ensure_toy_corpus(cfg, accelerator)
-    # Transcripts only: lines without one are dropped (and said), none at all fails, all before any build.
-    train_read = read_labelled_sources(cfg.data.train, "data.train", warn=accelerator.print)
+    # Every manifest read and checked before any build; transcripts only (others dropped and said).
+    manifests = read_run_manifests(cfg, accelerator, supervised=True)
     run_dir = prepare_run_dir(cfg, accelerator)
 
     with no_zero3_init(accelerator, unless_asked=True):
         student, processor = build_student_model(cfg, model_cfg, accelerator)
+    settle_prompting(cfg, processor, accelerator)  # data/eval.language_prompt: unset = as the model was trained
     refuse_zero3_with_tied_embeddings(accelerator, student)
     if cfg.ctc.weight > 0:  # a training-only head; save_final keeps the student alone
         student = StudentWithCTC(student, cfg.ctc.source)
     loader = make_loader(cfg.data.train, processor, cfg.data, seed=cfg.seed, num_replicas=accelerator.num_processes,
-                         rank=accelerator.process_index, read=train_read)
+                         rank=accelerator.process_index, read=manifests.train)
     sampler = loader.batch_sampler
-    evaluator = make_evaluator(cfg, run_dir, accelerator, processor)
+    evaluator = make_evaluator(cfg, run_dir, accelerator, processor, manifests.dev)
     engine = Engine(accelerator, cfg, student)
 
     step, skipped = resume_run(cfg, accelerator, run_dir, sampler, evaluator, engine)
     last_batch, nonfinite_run = None, 0
     log = RunLog(accelerator, run_dir, cfg.max_steps, step, cfg.log, config_to_dict(cfg), desc="sft")
+    evaluate_at_start(cfg, accelerator, step, engine, processor, evaluator, skipped)  # eval.on_start
     data = batches_forever(loader)
     while step < cfg.max_steps:
         step += 1
         started = time.perf_counter()
-        batches = next_batches(data, cfg.optim.grad_accum, skipped)
+        batches = next_batches(data, cfg.optim.grad_accum, skipped, step)
         inject_faults(engine, accelerator, step)
         lr = engine.lr  # this update's
         stats = sft_update(engine, batches, ctc_weight=cfg.ctc.weight, eos_token_ids=processor.eos_token_ids,
@@ -85,20 +91,21 @@ def main(cfg: SFTConfig) -> dict:
         last_batch = (batches[-1]["epoch"], batches[-1]["position"])
         nonfinite_run = nonfinite_run + 1 if stats["nonfinite"] else 0
         log.log(step, {**stats, "lr": lr, "step_seconds": time.perf_counter() - started,
-                       "samples": float(sum(b["size"] for b in batches)), "skipped_files": sum(skipped.values())})
+                       "samples": float(sum(b["size"] for b in batches)), "skipped_files": skipped.total})
         stop_if_nonfinite(nonfinite_run, cfg, step, run_dir)
         evaluate_and_checkpoint(cfg, accelerator, run_dir, step, engine, processor, evaluator, sampler, last_batch,
                                 skipped)
     return finish_run(cfg, accelerator, run_dir, step, engine, processor, evaluator, log, skipped, model_cfg)
 
 
+def build_parser() -> argparse.ArgumentParser:
+    return recipe_parser(__doc__, SFTConfig, None, "max_steps=20 optim.lr=1e-4")
+
+
 def parse_args(argv: list[str] | None = None) -> SFTConfig:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True)
-    parser.add_argument("overrides", nargs="*", help="key=value, e.g. max_steps=20 optim.lr=1e-4")
-    args = parser.parse_args(argv)
-    return load_config(SFTConfig, args.config, args.overrides)
+    return recipe_config(build_parser(), SFTConfig, argv)
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    with config_errors_exit():  # a wrong key or value, here or while the run is set up: one line, status 2
+        main(parse_args())

@@ -7,6 +7,11 @@
     torchrun --nproc_per_node 8 train/transcribe.py --model DIR --manifest IN.jsonl --out OUT.jsonl ...
     python train/transcribe.py --merge --out OUT.jsonl --shards 8
 
+In file mode each file's transcript goes to stdout as `PATH<TAB>TEXT`; a file that exists but cannot
+be used (corrupt, empty, silent, too long...) is named on stderr with its reason, after the others are
+transcribed, and the command then exits with status 1. Paths that do not exist are all named before
+the model loads (status 2).
+
 DIR is any checkpoint `train.models` loads (ark-opd, GlmAsr, released ARK-ASR) or a Qwen3-ASR
 directory (model_type qwen3_asr). In manifest mode each output line keeps every field of its
 input line, puts the hypothesis in `text`, moves the input's text (if any) to `reference`, and
@@ -41,6 +46,7 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from train.data.manifest import Utterance  # noqa: E402
+from train.cli import HelpFormatter  # noqa: E402
 from train.eval.timed import Transcriber, timed_transcription  # noqa: E402
 from train.decode import ENGINES, decoder_named  # noqa: E402
 from train.models.weights import read_config_json  # noqa: E402
@@ -110,9 +116,8 @@ def check_model_dir(path: str) -> str | None:
 def check_inputs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """What the run reads and writes, checked before a model loads: errors name the flag and the path
     (the model directory is checked by `load_transcriber`, first)."""
-    for path in args.audio:
-        if not Path(path).is_file():
-            parser.error(f"{path}: no such audio file")
+    if missing := [path for path in args.audio if not Path(path).is_file()]:
+        parser.error("\n".join(f"{path}: no such audio file" for path in missing))
     if args.manifest:
         if not args.manifest.startswith("hf:") and not Path(args.manifest.split("#")[0]).exists():
             parser.error(f"--manifest {args.manifest}: no such manifest")
@@ -123,33 +128,43 @@ def check_inputs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
                   "whatever their WER (it does nothing on unlabelled audio)")
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", help="checkpoint directory (not needed with --merge)")
-    parser.add_argument("audio", nargs="*", help="audio files to transcribe (file mode)")
-    parser.add_argument("--manifest", help="manifest to pseudo-label (manifest mode)")
-    parser.add_argument("--out", help="output manifest (manifest mode, --merge)")
-    parser.add_argument("--language", help="ISO code forced for every file (file mode)")
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--model", help="checkpoint directory (default: none; required except with --merge)")
+    parser.add_argument("audio", nargs="*", help="audio files to transcribe (file mode; default: none)")
+    parser.add_argument("--manifest", help="manifest to pseudo-label (manifest mode; default: none)")
+    parser.add_argument("--out", help="output manifest (manifest mode, --merge; default: none)")
+    parser.add_argument("--language", help="ISO code forced for every file (file mode; default: none, the model "
+                                           "decides)")
     parser.add_argument("--language-prompt", action=argparse.BooleanOptionalAction, default=None,
                         help="tell the model each line's language (default: as the model was trained, from its "
                              "ark_opd_prompt.json; on with --language)")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=16, help="clips per generate call (duration-sorted)")
+    parser.add_argument("--max-new-tokens", type=int, default=256, help="longest transcript generated, in tokens")
     parser.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK (or cuda) if there is one, else cpu")
-    parser.add_argument("--dtype", default=None)
+    parser.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: as saved)")
     parser.add_argument("--decode-engine", choices=ENGINES, default="auto",
                         help="the student's decoder: auto = static-cache on CUDA, eager elsewhere (train/decode/)")
-    parser.add_argument("--drop-empty", action="store_true")
-    parser.add_argument("--drop-repetitive", action="store_true")
-    parser.add_argument("--drop-wrong-language", action="store_true")
-    parser.add_argument("--max-wer", type=float, default=None, help="drop lines above this WER/CER vs their reference")
+    parser.add_argument("--drop-empty", action="store_true", help="drop lines whose hypothesis is empty")
+    parser.add_argument("--drop-repetitive", action="store_true",
+                        help="drop hypotheses whose zlib compression ratio is above 2.4 (loops)")
+    parser.add_argument("--drop-wrong-language", action="store_true",
+                        help="drop hypotheses not in the line's language")
+    parser.add_argument("--max-wer", type=float, default=None,
+                        help="drop lines above this WER/CER vs their reference (default: keep all)")
     parser.add_argument("--chunk-size", type=int, default=512, help="clips transcribed between two progress records")
-    parser.add_argument("--num-workers", type=int, default=DEFAULT_WORKERS, help="audio-decoding processes")
+    parser.add_argument("--num-workers", type=int, default=DEFAULT_WORKERS, help="audio-decoding processes (default: min(4, usable cores), here %(default)s)")
     parser.add_argument("--shard", type=parse_shard, default=None,
-                        help="I/N: this process's share (default RANK/WORLD_SIZE under a launcher, else 0/1)")
+                        help="I/N: this process's share (default: RANK/WORLD_SIZE under a launcher, else 0/1)")
     parser.add_argument("--overwrite", action="store_true", help="discard OUT's progress and start over")
     parser.add_argument("--merge", action="store_true", help="write OUT from the --shards N complete shard outputs")
-    parser.add_argument("--shards", type=int, default=None, help="number of shards to merge (with --merge)")
+    parser.add_argument("--shards", type=int, default=None, help="number of shards to merge (with --merge; "
+                                                                 "default: none)")
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.merge:
         if not args.out or not args.shards or args.shards < 1 or args.manifest or args.audio:
@@ -194,18 +209,28 @@ def main(argv: list[str] | None = None) -> dict:
             return report
     except RunMismatch as err:
         raise SystemExit(f"error: {err}") from None
-    return transcribe_files(transcriber, args.audio, args.language, args.batch_size)
+    result = transcribe_files(transcriber, args.audio, args.language, args.batch_size)
+    if result["unreadable"]:
+        raise SystemExit(f"error: {len(result['unreadable'])} of {len(args.audio)} file(s) could not be read "
+                         "(named above)")
+    return result
 
 
 def transcribe_files(transcriber: Transcriber, paths: list[str], language: str | None, batch_size: int) -> dict:
-    """Print `path<TAB>transcript` per file; returns {"texts": {path: text}, "skipped": {reason: n}}."""
+    """Print `path<TAB>transcript` per usable file (stdout), then `path: could not be read (reason: detail)`
+    per other file (stderr); returns {"texts": {path: text}, "skipped": {reason: n},
+    "unreadable": {path: "reason: detail"}}."""
     utterances = [Utterance(id=path, audio=str(Path(path).resolve()), duration=0.0, language=language)
                   for path in paths]
     result = timed_transcription(transcriber, utterances, batch_size=batch_size, warmup_batches=0)
     texts = dict(zip(result.ids, result.hypotheses))
     for path in paths:
-        print(f"{path}\t{texts.get(path, '<unreadable audio>')}")
-    return {"texts": texts, "skipped": dict(result.skipped)}
+        if path in texts:
+            print(f"{path}\t{texts[path]}")
+    unreadable = {clip.id: f"{clip.reason}: {clip.detail}" for clip in result.skipped_clips}
+    for path, why in unreadable.items():
+        print(f"{path}: could not be read ({why})", file=sys.stderr)
+    return {"texts": texts, "skipped": dict(result.skipped), "unreadable": unreadable}
 
 
 if __name__ == "__main__":

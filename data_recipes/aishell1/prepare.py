@@ -85,7 +85,8 @@ def build_parser():
     parser.add_argument("--dataset", default=None, metavar="HUB_ID_OR_DIR",
                         help="instead: a `datasets` source (hub id or save_to_disk folder with train/validation/test)")
     parser.add_argument("--streaming", action="store_true", help="stream a hub --dataset")
-    parser.add_argument("--splits", nargs="+", default=["train", "dev", "test"], choices=list(SPLITS))
+    parser.add_argument("--splits", nargs="+", default=["train", "dev", "test"], choices=list(SPLITS),
+                        help="the splits to write")
     return parser
 
 

@@ -22,7 +22,8 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
 
 import soundfile as sf
 
-from data_recipes.common import (DatasetPart, PartResult, add_dataset_args, base_parser, build_part, exit_code,
+from data_recipes.common import (DatasetPart, PartResult, UnknownLanguage, add_dataset_args, base_parser, build_part,
+                                 exit_code, language_code,
                                  export_dataset_parts, file_row, guarded, iso_code, part_paths, report)
 
 REPO = "mozilla-foundation/common_voice_17_0"
@@ -89,20 +90,44 @@ def build_parser():
     add_dataset_args(parser, REPO)
     parser.add_argument("--source-dir", type=Path, default=None,
                         help="an extracted release: cv-corpus-*/ (locale folders) or one cv-corpus-*/<locale>/")
-    parser.add_argument("--splits", nargs="+", default=["train", "dev", "test"], choices=list(SPLITS))
+    parser.add_argument("--splits", nargs="+", default=["train", "dev", "test"], choices=list(SPLITS),
+                        help="the splits to write")
     parser.add_argument("--languages", nargs="+", default=None,
                         help="Common Voice locales (de, zh-CN, ...); default: every locale of --source-dir, "
                              "or the project's 19 languages from a dataset")
     return parser
 
 
+def readable_locales(locales: list[str], asked: bool) -> list[str]:
+    """The locales whose language a manifest can hold (train/data/manifest.py reads ISO 639-1 codes, and
+    the codes listed in train.config.LANGUAGE_NAMES). A locale asked for by name that has none is an
+    error here, before anything is read; of every locale of a release, those are left out, said once."""
+    unknown = {}
+    for locale in locales:
+        try:
+            language_code(locale)
+        except UnknownLanguage as err:
+            unknown[locale] = str(err)
+    if unknown and asked:
+        raise SystemExit("--languages " + "; ".join(unknown.values()))
+    if unknown:
+        print(f"warning: {len(unknown)} locales have no ISO 639-1 code and are left out (add a language to "
+              f"train.config.LANGUAGE_NAMES to read it): {', '.join(sorted(unknown))}")
+    return [loc for loc in locales if loc not in unknown]
+
+
 def main(argv: list[str] | None = None):
     args = build_parser().parse_args(argv)
+    if args.languages:
+        args.languages = readable_locales(args.languages, asked=True)
     if not MP3_OK:
         print("warning: this libsndfile cannot decode MP3; Common Voice clips will be counted as unreadable")
     if args.source_dir is not None:
         results = []
-        for locale, folder in locale_dirs(args.source_dir, args.languages).items():
+        folders = locale_dirs(args.source_dir, args.languages)
+        for locale in set(folders) - set(readable_locales(list(folders), asked=bool(args.languages))):
+            del folders[locale]
+        for locale, folder in folders.items():
             language, stem = iso_code(locale), stem_for(locale)
             for split in args.splits:
                 manifest, _ = part_paths(args.out, split, stem)

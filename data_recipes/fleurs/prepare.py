@@ -58,7 +58,8 @@ def make_convert(dataset, part: DatasetPart):
 def build_parser():
     parser = base_parser(__doc__, "fleurs")
     add_dataset_args(parser, REPO)
-    parser.add_argument("--splits", nargs="+", default=["dev", "test"], choices=list(SPLITS))
+    parser.add_argument("--splits", nargs="+", default=["dev", "test"], choices=list(SPLITS),
+                        help="the splits to write")
     parser.add_argument("--languages", nargs="+", default=list(PROJECT_LANGUAGES),
                         help="ISO codes (or FLEURS configs); default: the project's 19 languages")
     return parser

@@ -73,7 +73,8 @@ def make_convert(dataset, part: DatasetPart):
 def build_parser():
     parser = base_parser(__doc__, "gigaspeech")
     add_dataset_args(parser, REPO)
-    parser.add_argument("--subsets", nargs="+", default=["dev", "test"], choices=list(SUBSETS))
+    parser.add_argument("--subsets", nargs="+", default=["dev", "test"], choices=list(SUBSETS),
+                        help="the subsets to write")
     return parser
 
 

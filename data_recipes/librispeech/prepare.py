@@ -74,7 +74,7 @@ def build_parser():
     parser.add_argument("--source-dir", type=Path, default=None,
                         help="the extracted release (the LibriSpeech/ folder or its parent) instead of the hub")
     parser.add_argument("--splits", nargs="+", default=["dev-clean", "dev-other", "test-clean", "test-other"],
-                        choices=list(SPLITS))
+                        choices=list(SPLITS), help="the splits to write")
     return parser
 
 

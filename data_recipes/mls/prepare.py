@@ -41,7 +41,8 @@ def make_convert(dataset, part: DatasetPart):
 def build_parser():
     parser = base_parser(__doc__, "mls")
     add_dataset_args(parser, REPO)
-    parser.add_argument("--splits", nargs="+", default=["dev", "test"], choices=list(SPLITS))
+    parser.add_argument("--splits", nargs="+", default=["dev", "test"], choices=list(SPLITS),
+                        help="the splits to write")
     parser.add_argument("--languages", nargs="+", default=list(CONFIGS),
                         help=f"ISO codes or config names; default: all ({' '.join(CONFIGS)})")
     return parser

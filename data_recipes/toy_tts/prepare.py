@@ -34,6 +34,7 @@ if __package__ in (None, ""):  # run as a script: make `data_recipes` importable
 
 from data_recipes.toy_tts import lexicon as lx  # noqa: E402
 from data_recipes.toy_tts import synth  # noqa: E402
+from train.cli import HelpFormatter  # noqa: E402
 
 RECIPE = "toy_tts"
 RECIPE_VERSION = 3  # bump when a change here changes the corpus for the same arguments
@@ -272,13 +273,14 @@ def _synthesise_all(jobs: list[synth.Job], workers: int) -> list[float]:
 # ---------------------------------------------------------------- entry point
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     p.add_argument("--out", required=True, help="corpus folder to write")
     p.add_argument("--seed", type=int, default=0, help="draws texts and voices; a new seed gives a fresh sample")
     p.add_argument("--languages", default=",".join(lx.LANGUAGES), help="comma-separated ISO 639-1 codes")
     for split in SPLITS:
-        p.add_argument(f"--{split}-per-language", type=int, default=DEFAULT_SIZES[split], metavar="K")
+        p.add_argument(f"--{split}-per-language", type=int, default=DEFAULT_SIZES[split], metavar="K",
+                       help=f"utterances per language in {split}.jsonl")
     p.add_argument(
         "--train-scale",
         default=",".join(f"{k}={v}" for k, v in TRAIN_SCALE.items()),
@@ -289,7 +291,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=2, help="synthesis processes (does not change the output)")
     p.add_argument("--check", action="store_true",
                    help="build nothing: exit 0 if --out holds this exact build, complete, else 1")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def parse_train_scale(spec: str) -> dict[str, int]:

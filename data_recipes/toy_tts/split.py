@@ -23,6 +23,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from train.cli import HelpFormatter  # noqa: E402
 from train.data.manifest import write_jsonl  # noqa: E402
 
 
@@ -52,11 +53,17 @@ def split(corpus: Path, labelled_share: float) -> dict:
             "pool_hours": round(sum(r["duration"] for r in pool) / 3600, 3)}
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
+    parser.add_argument("--corpus", type=Path, default=Path("data/toy_tts"),
+                        help="the toy corpus folder (data_recipes/toy_tts/prepare.py)")
+    parser.add_argument("--labelled-share", type=float, default=0.5,
+                        help="share of each language's training lines kept labelled")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--corpus", type=Path, default=Path("data/toy_tts"))
-    parser.add_argument("--labelled-share", type=float, default=0.5)
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     counts = split(args.corpus, args.labelled_share)
     print(json.dumps(counts))
     return counts

@@ -46,8 +46,10 @@ def make_convert(dataset, part: DatasetPart):
 def build_parser():
     parser = base_parser(__doc__, "voxpopuli")
     add_dataset_args(parser, REPO)
-    parser.add_argument("--splits", nargs="+", default=["dev", "test"], choices=list(SPLITS))
-    parser.add_argument("--languages", nargs="+", default=list(LANGUAGES), choices=list(LANGUAGES))
+    parser.add_argument("--splits", nargs="+", default=["dev", "test"], choices=list(SPLITS),
+                        help="the splits to write")
+    parser.add_argument("--languages", nargs="+", default=list(LANGUAGES), choices=list(LANGUAGES),
+                        help="ISO codes of the languages to write")
     return parser
 
 

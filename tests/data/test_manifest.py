@@ -59,6 +59,53 @@ def test_bad_lines_name_file_line_and_field(tmp_path, line, message):
         read_manifest(path)
 
 
+@pytest.mark.parametrize("code, hint", [
+    ("gr", r"did you mean el\?"),  # Greece's country code
+    ("dee", r"did you mean de or ee\?"),
+    ("xx", r"the codes are listed at https://en.wikipedia.org/wiki/List_of_ISO_639-1_codes"),
+    ("Germn", r"did you mean de\?"),
+])
+def test_unknown_language_names_line_value_and_a_hint(tmp_path, code, hint):
+    path = _manifest(tmp_path, [{"audio": "a.wav", "language": "de", "duration": 1.0},
+                                {"audio": "a.wav", "language": code, "duration": 1.0, "id": "x"}])
+    with pytest.raises(ManifestError, match=rf"m\.jsonl:2: field 'language' is '{code}': not an ISO 639-1 code; "
+                                            rf"{hint}"):
+        read_manifest(path)
+
+
+def test_language_forms_are_read_as_their_code(tmp_path):
+    rows = [{"audio": "a.wav", "duration": 1.0, "id": str(i), **({"language": x} if x is not None else {})}
+            for i, x in enumerate(["de", "de-DE", "deu", "German", "EN", "zh_CN", "yue", "", None])]
+    utts = read_manifest(_manifest(tmp_path, rows))
+    assert [u.language for u in utts] == ["de", "de", "de", "de", "en", "zh", "yue", None, None]
+
+
+def test_repeated_id_names_both_lines(tmp_path):
+    path = _manifest(tmp_path, [{"audio": "a.wav", "duration": 1.0, "id": "a"},
+                                {"audio": "b.wav", "duration": 1.0, "id": "b"},
+                                {"audio": "c.wav", "duration": 1.0, "id": "a"}])
+    with pytest.raises(ManifestError, match=r"m\.jsonl:3: id 'a' is also the id of line 1"):
+        read_manifest(path)
+    # Ids made from the line number are unique too, and an explicit one that equals one is caught.
+    path = _manifest(tmp_path, [{"audio": "a.wav", "duration": 1.0}, {"audio": "a.wav", "duration": 1.0, "id": "n-1"}],
+                     name="n.jsonl")
+    with pytest.raises(ManifestError, match=r"n\.jsonl:2: id 'n-1' is also the id of line 1"):
+        read_manifest(path)
+
+
+def test_check_unique_ids_across_sources(tmp_path):
+    from train.data.manifest import check_unique_ids
+
+    a = read_manifest(_manifest(tmp_path, [{"audio": "a.wav", "duration": 1.0, "id": "u1"}], name="a.jsonl"))
+    b = read_manifest(_manifest(tmp_path, [{"audio": "b.wav", "duration": 1.0, "id": "u2"},
+                                           {"audio": "c.wav", "duration": 1.0, "id": "u1"}], name="b.jsonl"))
+    check_unique_ids([("a.jsonl", a)])
+    with pytest.raises(ManifestError, match=r"id 'u1' is in a\.jsonl and in b\.jsonl: ids must be unique across"):
+        check_unique_ids([("a.jsonl", a), ("b.jsonl", b)])
+    with pytest.raises(ManifestError, match=r"id 'u1' is twice in a\.jsonl.*listed twice\? give it a weight"):
+        check_unique_ids([("a.jsonl", a), ("a.jsonl", a)])
+
+
 def test_missing_manifest(tmp_path):
     with pytest.raises(ManifestError, match="no such manifest"):
         read_manifest(tmp_path / "nope.jsonl")
@@ -109,6 +156,23 @@ def test_dataset_columns_are_checked(tmp_path):
         read_dataset(ds, "cv", id_column="speaker")
     with pytest.raises(ManifestError, match="no audio column 'wav'"):
         read_dataset(ds, "cv", audio_column="wav")
+
+
+def test_dataset_languages_and_ids_are_checked(tmp_path):
+    from train.data.manifest import read_dataset
+
+    ds = _audio_dataset(tmp_path)
+    assert {u.language for u in read_dataset(ds, "cv", language="German")} == {"de"}
+    with pytest.raises(ManifestError, match=r"cv: the source's language is 'gr': not an ISO 639-1 code; did you "
+                                            r"mean el"):
+        read_dataset(ds, "cv", language="gr")
+    bad = ds.map(lambda row, i: {"locale": "jp" if i == 1 else "de", "utt": "a" if i == 2 else row["utt"]},
+                 with_indices=True)
+    with pytest.raises(ManifestError, match=r"cv: row 1: column 'locale' is 'jp': not an ISO 639-1 code; did "
+                                            r"you mean ja"):
+        read_dataset(bad, "cv", language_column="locale")
+    with pytest.raises(ManifestError, match=r"cv: row 2: id 'a' \(column 'utt'\) is also the id of row 0"):
+        read_dataset(bad, "cv", id_column="utt")
 
 
 def test_dataset_with_embedded_bytes(tmp_path):

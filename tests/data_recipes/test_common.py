@@ -25,6 +25,32 @@ def test_iso_codes():
     assert (iso_code("sv-SE"), iso_code("deu"), iso_code("Dutch"), iso_code("yue")) == ("sv", "de", "nl", "yue")
 
 
+def test_language_code_checks_and_hints():
+    from data_recipes.common import UnknownLanguage, language_code
+    from data_recipes.fleurs.prepare import CONFIGS
+
+    assert [language_code(c) for c in CONFIGS.values()] == list(CONFIGS)
+    assert (language_code("de-DE"), language_code("ell"), language_code("Maltese"), language_code("yue")) == \
+        ("de", "el", "mt", "yue")
+    for value, message in [("gr", "did you mean el?"), ("jp", "did you mean ja?"), ("iw", "did you mean he?"),
+                           ("dee", "did you mean de or ee? (a language without an ISO 639-1 code, as yue, is "
+                                   "accepted once train.config.LANGUAGE_NAMES names it)"),
+                           ("xx", "the codes are listed at https://en.wikipedia.org/wiki/List_of_ISO_639-1_codes")]:
+        with pytest.raises(UnknownLanguage) as err:
+            language_code(value)
+        assert str(err.value) == f"{value!r}: not an ISO 639-1 code; {message}"
+
+
+def test_iso_639_1_list_matches_the_registry():
+    """The written-out list against langcodes' copy of the IANA registry (installed with the toy extra)."""
+    from data_recipes.common import ISO_639_1
+
+    registry = pytest.importorskip("langcodes.registry_parser")
+    two_letter = {entry["Subtag"] for entry in registry.parse_registry()
+                  if entry.get("Type") == "language" and len(entry["Subtag"]) == 2 and "Deprecated" not in entry}
+    assert ISO_639_1 == two_letter
+
+
 def test_unique_ids_and_safe_names():
     from data_recipes.common import UniqueIds, safe_name
 
@@ -138,6 +164,48 @@ def test_build_part_markers(tmp_path):
     assert not marker_path(manifest).exists()  # an interrupted part is not marked done ...
     assert not manifest.with_name("en.jsonl.tmp").exists()
     assert not build_part(manifest, "dev", "en", produce, options={"limit": None}).cached  # ... and is redone
+
+
+def test_build_part_says_why_it_rebuilds(tmp_path, capsys):
+    from data_recipes.common import build_part
+
+    manifest = tmp_path / "m.jsonl"
+    produce = lambda skipped: [{"audio": "a.wav", "duration": 1.0, "id": "a"}]  # noqa: E731
+    build_part(manifest, "m", None, produce, options={"limit": 2, "source_files": {"files": 4, "bytes": 10}})
+    assert build_part(manifest, "m", None, produce,
+                      options={"limit": 2, "source_files": {"files": 4, "bytes": 10}}).cached
+    assert "rebuilding" not in capsys.readouterr().out
+    assert not build_part(manifest, "m", None, produce,
+                          options={"limit": None, "source_files": {"files": 5, "bytes": 10}}).cached
+    assert f"{manifest}: rebuilding, changed since the last build: limit 2 -> None; source_files (files 4 -> 5)" \
+        in capsys.readouterr().out
+
+
+def test_source_fingerprint(tmp_path):
+    import os
+
+    from data_recipes.common import source_fingerprint
+
+    a, b, note = tmp_path / "a.wav", tmp_path / "b.wav", tmp_path / "a.txt"
+    a.write_bytes(b"1234")
+    b.write_bytes(b"56")
+    seen = [source_fingerprint([a, b, note])]
+    assert (seen[0]["files"], seen[0]["bytes"]) == (2, 6)
+    assert source_fingerprint([b, a, note, a]) == seen[0]  # order and repeats do not matter
+    note.write_text("hallo")  # a transcript that was absent
+    seen.append(source_fingerprint([a, b, note]))
+    os.utime(b, ns=(0, 10**9))  # same size, another modification time
+    seen.append(source_fingerprint([a, b, note]))
+    b.unlink()
+    seen.append(source_fingerprint([a, b, note]))
+    assert [f["files"] for f in seen] == [2, 3, 3, 2]
+    assert len({f["paths_sizes_mtimes"] for f in seen}) == 4
+    b.write_bytes(b"56")
+    os.utime(b, ns=(0, 10**9))
+    before = source_fingerprint([a, b])
+    b.write_bytes(b"57")  # edited, same size, its old time put back: stat only, contents are not read
+    os.utime(b, ns=(0, 10**9))
+    assert source_fingerprint([a, b]) == before
 
 
 @pytest.mark.parametrize("recipe", RECIPES)

@@ -101,3 +101,21 @@ def test_common_voice_from_dataset(hub_dir, tmp_path):
         assert set(loaded) == {"common_voice_de_0", "common_voice_de_1"}
         assert loaded["common_voice_de_1"][0].extra["age"] == "thirties"
     assert {r.split for r in results} == {"train", "dev"}
+
+
+def test_a_locale_without_an_iso_639_1_code_is_left_out_or_refused(release_dir, tmp_path, capsys):
+    """Manifests hold ISO 639-1 codes (train/data/manifest.py refuses others at read), so a release's
+    `kab` is left out and said, and asking for it by name fails before anything is read."""
+    import shutil
+
+    from data_recipes.common_voice import prepare
+
+    release = tmp_path / "release"
+    shutil.copytree(release_dir, release)
+    shutil.copytree(release / "de", release / "kab")
+    results = prepare.main(["--source-dir", str(release), "--out", str(tmp_path / "out"), "--splits", "dev"])
+    assert {r.language for r in results} == {"de", "zh", "zh-TW"}
+    assert "1 locales have no ISO 639-1 code and are left out" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="--languages 'kab': not an ISO 639-1 code"):
+        prepare.main(["--source-dir", str(release), "--out", str(tmp_path / "out2"), "--languages", "de", "kab"])
+    assert not (tmp_path / "out2").exists()

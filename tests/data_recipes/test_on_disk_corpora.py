@@ -246,3 +246,100 @@ def test_kaldi_dir_without_segments(tmp_path):
     assert r.utterances == 1 and r.skipped == {"missing": 1}
     loaded = fakes.load_checked(r.manifest, language="en")
     assert loaded["u1"][0].text == "ONE" and loaded["u1"][0].begin_time is None
+
+
+def _refused(prepare, args, capsys) -> str:
+    """The error message of a run that must stop at its arguments (exit 2, argparse's usage error)."""
+    with pytest.raises(SystemExit) as exit_info:
+        prepare.main(args)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_local_dir_refuses_a_source_that_makes_no_manifest(tmp_path, capsys):
+    from data_recipes.local_dir import prepare
+
+    out = tmp_path / "out"
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "sub" / "notes.md").write_text("not audio")
+    (tmp_path / "a.wav").write_bytes(b"")
+    kaldi = tmp_path / "kaldi"
+    kaldi.mkdir()
+    (kaldi / "wav.scp").write_text(f"u1 {tmp_path / 'a.wav'}\n")
+    cases = [
+        (["--audio-dir", str(tmp_path / "my_cals")], f"--audio-dir {tmp_path / 'my_cals'}: no such folder"),
+        (["--audio-dir", str(tmp_path / "a.wav")], f"--audio-dir {tmp_path / 'a.wav'}: not a folder"),
+        (["--audio-dir", str(tmp_path / "empty")], f"--audio-dir {tmp_path / 'empty'}: no audio files in it or its "
+                                                   "subfolders (looked for .wav .flac .ogg .opus .mp3)"),
+        (["--kaldi-dir", str(kaldi)], f"--kaldi-dir {kaldi}: no text (a Kaldi data folder holds wav.scp and text; "
+                                      "for unlabelled audio, an empty text file)"),
+        (["--kaldi-dir", str(tmp_path / "empty")], f"--kaldi-dir {tmp_path / 'empty'}: no wav.scp"),
+    ]
+    for source, message in cases:
+        assert message in _refused(prepare, [*source, "--language", "de", "--out", str(out)], capsys)
+    (kaldi / "text").write_text("u1 ONE\n")
+    (kaldi / "wav.scp").write_text("u1 a.wav\nu2 b.wav\nu1 c.wav\n")
+    assert f"--kaldi-dir {kaldi}: wav.scp lists a key more than once: u1 (lines 1 and 3)" in \
+        _refused(prepare, ["--kaldi-dir", str(kaldi), "--language", "de", "--out", str(out)], capsys)
+    assert not out.exists()  # no manifest, no done marker
+
+
+def test_local_dir_language_is_checked_before_any_file(tmp_path, capsys):
+    from data_recipes.local_dir import prepare
+
+    err = _refused(prepare, ["--audio-dir", str(tmp_path / "not_there"), "--language", "gr"], capsys)
+    assert "argument --language: 'gr': not an ISO 639-1 code; did you mean el?" in err
+    assert "not_there" not in err  # stopped at the arguments, before looking at the folder
+
+
+def test_local_dir_refuses_two_files_with_one_id(tmp_path, capsys):
+    from data_recipes.local_dir import prepare
+
+    root = tmp_path / "calls"
+    fakes.write(root / "x.flac", fakes.tone(300, 0.5), 16000, fmt="FLAC")
+    fakes.write(root / "x.mp3", fakes.tone(300, 0.5), 16000, fmt="MP3", subtype="MPEG_LAYER_III")
+    fakes.write(root / "a-b.wav", fakes.tone(300, 0.5), 16000)
+    fakes.write(root / "a" / "b.wav", fakes.tone(300, 0.5), 16000)
+    fakes.write(root / "y.wav", fakes.tone(300, 0.5), 16000)
+    err = _refused(prepare, ["--audio-dir", str(root), "--language", "de", "--out", str(tmp_path / "out")], capsys)
+    assert (f"--audio-dir {root}: files that would get the same id: a/b.wav and a-b.wav (id a-b); "
+            "x.flac and x.mp3 (id x). Rename or move one of each") in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_local_dir_rerun_notices_changed_files(tmp_path, capsys):
+    import os
+
+    from data_recipes.local_dir import prepare
+
+    root = tmp_path / "calls"
+    fakes.write(root / "a.wav", fakes.tone(300, 0.5), 16000)
+    fakes.write(root / "b.wav", fakes.tone(500, 0.5), 16000)
+    (root / "a.txt").write_text("eins", encoding="utf-8")
+    args = ["--audio-dir", str(root), "--language", "de", "--out", str(tmp_path / "out")]
+
+    def run():
+        r = prepare.main(args)[0]
+        texts = {u.id: u.text for u, _ in fakes.load_checked(r.manifest, language="de").values()}
+        return r, texts, capsys.readouterr().out
+
+    r, texts, _ = run()
+    assert texts == {"a": "eins", "b": None}
+    r, _, out = run()
+    assert r.cached and "rebuilding" not in out  # nothing changed: the cached manifest
+    (root / "b.txt").write_text("zwei", encoding="utf-8")  # a new transcript
+    r, texts, out = run()
+    assert not r.cached and texts == {"a": "eins", "b": "zwei"}
+    assert "calls.jsonl: rebuilding, changed since the last build: source_files (files 3 -> 4, bytes" in out
+    (root / "a.txt").write_text("drei", encoding="utf-8")  # the same size: seen by its modification time
+    os.utime(root / "a.txt", ns=(0, 10**9))
+    r, texts, out = run()
+    assert not r.cached and texts["a"] == "drei" and "source_files (paths_sizes_mtimes" in out
+    fakes.write(root / "c.wav", fakes.tone(700, 0.5), 16000)  # a new file
+    r, texts, _ = run()
+    assert not r.cached and set(texts) == {"a", "b", "c"}
+    (root / "b.wav").unlink()
+    (root / "b.txt").unlink()
+    r, texts, _ = run()
+    assert not r.cached and set(texts) == {"a", "c"}
+    assert run()[0].cached

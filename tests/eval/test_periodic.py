@@ -9,7 +9,7 @@ import pytest
 
 from tests.data.audio_files import sine, write
 from tests.launch import launcher, run
-from train.eval.periodic import PeriodicEvaluator
+from train.eval.periodic import PeriodicEvaluator, plot_history
 from train.eval.timed import StudentTranscriber
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,6 +50,67 @@ def test_single_process_history_best_step_and_plot(dev_manifest, tmp_path, tiny_
     resumed.load_state_dict(evaluator.state_dict())
     assert resumed.best_step == 5 and len(resumed.history) == 2
     assert evaluator.last_step == resumed.last_step == 10  # a resumed run knows step 10 was evaluated
+
+
+def test_step_0_counts_for_the_best_step_and_skipped_dev_clips_are_named(dev_manifest, tmp_path, tiny_student):
+    """The starting model (step 0) can be the best; the clips an evaluation could not use are listed."""
+    model, processor = tiny_student
+    evaluator = PeriodicEvaluator([str(dev_manifest)], tmp_path / "run", every_steps=5, batch_size=4)
+    assert not evaluator.due(0)  # the recipe asks for step 0 itself (eval.on_start)
+    transcriber = StudentTranscriber(model, processor, max_new_tokens=4)
+    start = evaluator.evaluate(0, transcriber)
+    assert start["best_step"] == 0
+    assert [(c["id"], c["reason"], Path(c["audio"]).name) for c in evaluator.skipped_clips] == \
+        [("gone", "missing", "gone.wav")]
+    evaluator.best_rate = start["average_rate"] - 1e-9  # as if training only made things worse
+    assert evaluator.evaluate(5, transcriber)["best_step"] == 0
+    history = [json.loads(line) for line in (tmp_path / "run/eval/history.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in history] == [0, 5]
+    assert (tmp_path / "run/eval/step-0.json").exists()
+
+
+def _history(languages: list[str], steps: list[int]) -> list[dict]:
+    out = []
+    for n, step in enumerate(steps):
+        rates = {lang: {"rate": 0.2 + 0.03 * k - 0.01 * n, "fidelity": 1.0} for k, lang in enumerate(languages)}
+        out.append({"step": step, "average_rate": sum(r["rate"] for r in rates.values()) / len(rates),
+                    "languages": rates})
+    return out
+
+
+def test_plot_of_19_languages_names_each_line_at_its_end_without_a_legend():
+    languages = ["ar", "de", "en", "es", "fr", "hi", "it", "ja", "ko", "nl", "pl", "pt", "ru", "sv", "th", "tr",
+                 "uk", "vi", "zh"]
+    fig = plot_history(_history(languages, [0, 50, 100]), best_step=100)
+    ax = fig.axes[0]
+    assert ax.get_legend() is None  # no 19-entry legend, and no empty entries
+    lines = {line.get_label(): line for line in ax.get_lines() if not line.get_label().startswith("_")}
+    assert set(lines) == {*languages, "average"}
+    average = lines.pop("average")
+    assert average.get_color() == "black" and average.get_linewidth() >= 2
+    assert all(line.get_linewidth() < 1.5 and line.get_alpha() < 1 for line in lines.values())  # thin and faint
+    labels = {t.get_text(): t for t in ax.texts}
+    assert set(labels) == {*languages, "average", "best: step 100"} and all(labels)
+    assert all(labels[lang].xy[0] == 100 for lang in languages)  # at the line's end
+    heights = sorted(labels[name].xy[1] for name in [*languages, "average"])
+    assert min(b - a for a, b in zip(heights, heights[1:])) > 0.5  # the labels do not sit on each other
+    assert labels["average"].get_fontweight() == "bold"
+    lo, hi = ax.get_xlim()
+    assert lo < 0 and hi > 100  # a margin either side
+    assert all(float(t).is_integer() for t in ax.get_xticks())
+
+
+def test_plot_of_a_single_evaluation_is_a_point_on_an_integer_axis():
+    fig = plot_history(_history(["de", "fr"], [0]), best_step=0)
+    ax = fig.axes[0]
+    lo, hi = ax.get_xlim()
+    assert lo < 0 < hi and hi - lo <= 2  # centred on step 0, not a meaningless span
+    assert [t for t in ax.get_xticks() if lo <= t <= hi] == [0]
+    average = next(line for line in ax.get_lines() if line.get_label() == "average")
+    assert average.get_marker() not in (None, "None", "") and average.get_markersize() >= 3  # a visible point
+    assert {t.get_text() for t in ax.texts} == {"de", "fr", "average", "best: step 0"}
+    bottom, top = ax.get_ylim()
+    assert bottom == 0 and top > max(line.get_ydata().max() for line in ax.get_lines())  # every point shows
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
+from train.cli import HelpFormatter
 from train.data.audio import SAMPLE_RATE, AudioLimits, AudioSkipped, load_audio
 from train.data.manifest import Utterance, read_manifest
 
@@ -67,13 +68,20 @@ def inspect(specs: list[str], limits: AudioLimits = AudioLimits(), workers: int 
     return {**summarise(everything, all_probes), "manifests": per_manifest}
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
+    parser.add_argument("manifests", nargs="+",
+                        help="JSONL files, saved dataset folders (DIR#split) or hub ids (hf:REPO[:CONFIG]:SPLIT)")
+    parser.add_argument("--workers", type=int, default=2, help="processes opening the audio")
+    parser.add_argument("--min-seconds", type=float, default=AudioLimits.min_seconds,
+                        help="shorter clips count as skipped")
+    parser.add_argument("--max-seconds", type=float, default=AudioLimits.max_seconds,
+                        help="longer clips count as skipped")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("manifests", nargs="+")
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--min-seconds", type=float, default=AudioLimits.min_seconds)
-    parser.add_argument("--max-seconds", type=float, default=AudioLimits.max_seconds)
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     report = inspect(args.manifests, AudioLimits(args.min_seconds, args.max_seconds), args.workers)
     print(json.dumps(report, indent=2, ensure_ascii=False))
     return report

@@ -8,6 +8,7 @@ A batch (dict):
     ids, languages, texts                 per clip (texts None where unlabelled)
     audio                                 raw 16 kHz clips, only with keep_audio (teachers' own front end)
     size, skipped                         clips in the batch; {reason: count} of clips dropped from it
+    skipped_clips                         the dropped clips: [{id, audio, reason, detail}] (the run's skipped.jsonl)
     epoch, position                       where the batch sits in its rank's epoch (for resuming)
 """
 
@@ -20,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from train.config import ConfigError, DataConfig, SourceConfig
 from train.data.audio import SAMPLE_RATE, AudioLimits, AudioSkipped, SkipCounter, load_audio
-from train.data.manifest import Utterance, read_manifest
+from train.data.manifest import Utterance, audio_name, check_unique_ids, read_manifest
 from train.data.sampler import DurationBatchSampler, SampleKey
 from train.models.processor import ArkProcessor
 
@@ -43,6 +44,8 @@ class UtteranceDataset(Dataset):
             item["audio"] = load_audio(utt, self.limits)
         except AudioSkipped as skipped:
             item["skip"] = skipped.reason
+            item["skipped_clip"] = {"id": utt.id, "audio": audio_name(utt.audio), "reason": skipped.reason,
+                                    "detail": str(skipped).removeprefix(f"{skipped.reason}: ")}
         return item
 
 
@@ -57,6 +60,7 @@ class Collator:
         batch = {"ids": [i["id"] for i in good], "languages": [i["language"] for i in good],
                  "texts": [i["text"] for i in good], "size": len(good),
                  "skipped": dict(SkipCounter(i["skip"] for i in items if i["skip"])),
+                 "skipped_clips": [i["skipped_clip"] for i in items if i["skip"]],
                  "epoch": items[0]["epoch"] if items else None, "position": items[0]["position"] if items else None}
         if not good:
             return batch
@@ -75,13 +79,11 @@ class Collator:
 
 
 def read_sources(sources: list[SourceConfig]) -> tuple[list[Utterance], list[int], list[float]]:
-    """All utterances of the sources, in order, with each source's size and weight."""
-    utterances, sizes = [], []
-    for source in sources:
-        utts = read_manifest(source.path, language=source.language, text_column=source.text_column)
-        utterances.extend(utts)
-        sizes.append(len(utts))
-    return utterances, sizes, [s.weight for s in sources]
+    """All utterances of the sources, in order, with each source's size and weight. An id shared by two
+    sources is a ManifestError (check_unique_ids): a run names its clips by id."""
+    per_source = [read_manifest(s.path, language=s.language, text_column=s.text_column) for s in sources]
+    check_unique_ids(zip([s.path for s in sources], per_source))
+    return [u for utts in per_source for u in utts], [len(utts) for utts in per_source], [s.weight for s in sources]
 
 
 def has_transcript(utt: Utterance) -> bool:

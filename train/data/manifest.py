@@ -4,10 +4,13 @@ JSONL (one utterance a line; ARK's own `{audio, text, task, begin_time, end_time
 they are):
     audio       path, relative to the manifest's folder or absolute            (required)
     text        transcript; absent or empty for unlabelled audio
-    language    ISO 639-1 code
+    language    ISO 639-1 code; forms that map to one are read as it (de-DE, deu, German -> de),
+                anything else is an error naming the line (data_recipes.common.language_code)
     duration    seconds (else read from the file header, or end_time - begin_time)
-    id, begin_time, end_time, task                                           (optional)
-Any other field is kept in `Utterance.extra`.
+    id          unique within the manifest (default: <file stem>-<line>); a repeated id is an error
+    begin_time, end_time, task                                               (optional)
+Any other field is kept in `Utterance.extra`. The sources of one run should not share ids either:
+`check_unique_ids`.
 
 A source is named by a string:
     path/to/train.jsonl                    a JSONL manifest
@@ -22,9 +25,12 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Sequence
 
 import soundfile as sf
+
+# One table of language codes, kept with the recipes that write them (data_recipes.common loads no torch).
+from data_recipes.common import UnknownLanguage, language_code
 
 _TEXT_COLUMNS = ("text", "transcription", "sentence", "normalized_text", "raw_transcription")
 
@@ -49,6 +55,13 @@ class DatasetAudio:
             return None, value
         raise ManifestError(f"dataset row {self.row}: column {self.column!r} is {type(value).__name__}, "
                             "expected an Audio(decode=False) value or a path")
+
+
+def audio_name(audio: str | DatasetAudio) -> str:
+    """Where a clip's audio is, as a person would look for it: the path, or the dataset row and column."""
+    if isinstance(audio, DatasetAudio):
+        return f"dataset row {audio.row}, column {audio.column}"
+    return str(audio)
 
 
 @dataclass(frozen=True)
@@ -89,6 +102,16 @@ def _check(obj: dict, where: str) -> None:
         raise ManifestError(f"{where}: end_time {obj['end_time']} is not after begin_time {obj['begin_time']}")
 
 
+def _language(value: str | None, where: str, field_name: str = "field 'language'") -> str | None:
+    """The ISO 639-1 code of a line's language (None when absent or empty), or ManifestError with a hint."""
+    if value is None or not value.strip():
+        return None
+    try:
+        return language_code(value)
+    except UnknownLanguage as err:
+        raise ManifestError(f"{where}: {field_name} is {err}") from None
+
+
 def _header_duration(path: str) -> float | None:
     """Duration from the file header (no samples read); None if unreadable (the loader will count it)."""
     try:
@@ -103,6 +126,7 @@ def read_jsonl(path: str | Path) -> list[Utterance]:
     path = Path(path)
     base = path.resolve().parent
     out = []
+    first_line: dict[str, int] = {}  # id -> the line it is on
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -115,6 +139,12 @@ def read_jsonl(path: str | Path) -> list[Utterance]:
             if not isinstance(obj, dict):
                 raise ManifestError(f"{where}: expected a JSON object, got {type(obj).__name__}")
             _check(obj, where)
+            language = _language(obj.get("language"), where)
+            uid = str(obj.get("id", f"{path.stem}-{lineno}"))
+            if uid in first_line:
+                raise ManifestError(f"{where}: id {uid!r} is also the id of line {first_line[uid]} "
+                                    "(ids must be unique within a manifest)")
+            first_line[uid] = lineno
             audio = obj["audio"]
             audio = audio if Path(audio).is_absolute() else str(base / audio)
             begin, end = obj.get("begin_time"), obj.get("end_time")
@@ -127,8 +157,8 @@ def read_jsonl(path: str | Path) -> list[Utterance]:
                     duration = (header - (begin or 0.0)) if header is not None else 0.0
             known = {"audio", "text", "language", "duration", "id", "begin_time", "end_time", "task"}
             out.append(Utterance(
-                id=str(obj.get("id", f"{path.stem}-{lineno}")), audio=audio, duration=float(duration),
-                text=obj.get("text") or None, language=obj.get("language"), begin_time=begin, end_time=end,
+                id=uid, audio=audio, duration=float(duration),
+                text=obj.get("text") or None, language=language, begin_time=begin, end_time=end,
                 task=obj.get("task"), source=str(path), extra={k: v for k, v in obj.items() if k not in known}))
     return out
 
@@ -137,8 +167,11 @@ def read_dataset(dataset, name: str, language: str | None = None, audio_column: 
                  text_column: str | None = None, id_column: str | None = None,
                  language_column: str | None = None) -> list[Utterance]:
     """Utterances of a `datasets.Dataset` with an audio column (decoded lazily, by soundfile).
-    The language is `language_column`'s value where given, else `language` for every row."""
+    The language is `language_column`'s value where given, else `language` for every row; either is
+    checked as a manifest line's is, and ids (`id_column`) must be unique as a manifest's are."""
     from datasets import Audio
+
+    language = _language(language, name, "the source's language")
 
     if audio_column not in dataset.column_names:
         raise ManifestError(f"{name}: no audio column {audio_column!r} (columns: {dataset.column_names})")
@@ -154,9 +187,23 @@ def read_dataset(dataset, name: str, language: str | None = None, audio_column: 
         raise ManifestError(f"{name}: no text column {text_column!r} (columns: {dataset.column_names})")
     # Metadata columns in one columnar read: per-row access to an Arrow table is slow at scale.
     columns = dataset.select_columns([c for c in dataset.column_names if c != audio_column]).to_dict()
+    codes: dict[Any, str | None] = {}  # each distinct column value checked once
+    first_row: dict[str, int] = {}
     out = []
     for row in range(len(dataset)):
         fields = {name: values[row] for name, values in columns.items()}
+        uid = str(fields[id_column]) if id_column else f"{name}-{row}"
+        if uid in first_row:
+            raise ManifestError(f"{name}: row {row}: id {uid!r} (column {id_column!r}) is also the id of row "
+                                f"{first_row[uid]} (ids must be unique within a source)")
+        first_row[uid] = row
+        if language_column:
+            value = fields[language_column]
+            if value not in codes:
+                if value is not None and not isinstance(value, str):
+                    raise ManifestError(f"{name}: row {row}: column {language_column!r} is "
+                                        f"{type(value).__name__} ({value!r:.40}), expected str")
+                codes[value] = _language(value, f"{name}: row {row}", f"column {language_column!r}")
         audio = DatasetAudio(dataset, row, audio_column)
         duration = fields.get("duration")
         if duration is None:
@@ -167,9 +214,9 @@ def read_dataset(dataset, name: str, language: str | None = None, audio_column: 
             except Exception:  # noqa: BLE001 - unreadable rows are counted by the loader, not fatal here
                 duration = 0.0
         out.append(Utterance(
-            id=str(fields[id_column]) if id_column else f"{name}-{row}", audio=audio, duration=float(duration),
+            id=uid, audio=audio, duration=float(duration),
             text=(fields.get(text_column) or None) if text_column else None,
-            language=fields[language_column] if language_column else language,
+            language=codes[fields[language_column]] if language_column else language,
             begin_time=fields.get("begin_time"), end_time=fields.get("end_time"), task=fields.get("task"),
             source=name))
     return out
@@ -203,6 +250,20 @@ def read_manifest(spec: str | Path, language: str | None = None, text_column: st
     if not path.exists():
         raise ManifestError(f"{spec}: no such manifest")
     return read_jsonl(path)
+
+
+def check_unique_ids(sources: Iterable[tuple[str, Sequence[Utterance]]]) -> None:
+    """ManifestError if two utterances of `(name, utterances)` sources share an id, naming the id and
+    both sources. For the sources of one role of a run (its training sources, read together): logs,
+    hypotheses, pseudo-labels and skip lists name a clip by its id, so a shared id makes two clips one."""
+    first: dict[str, str] = {}
+    for name, utterances in sources:
+        for utt in utterances:
+            if utt.id in first:
+                where = ("twice in " + name) if first[utt.id] == name else f"in {first[utt.id]} and in {name}"
+                raise ManifestError(f"id {utt.id!r} is {where}: ids must be unique across the sources of a run "
+                                    "(the same manifest listed twice? give it a weight instead)")
+            first[utt.id] = name
 
 
 def write_jsonl(rows: list[dict], path: str | Path) -> Path:

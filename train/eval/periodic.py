@@ -2,7 +2,9 @@
 
 Rank 0 writes `eval/step-N.json` (the same report shape as train/evaluate.py), appends the step's
 per-language error rates and fidelity to `eval/history.jsonl`, keeps the best step by the average
-error rate over languages, and redraws `plots/dev_error_rate.png` (one line per language).
+error rate over languages, and redraws `plots/dev_error_rate.png` (`plot_history`: the average bold,
+one faint line per language named at its end). The clips it could not use are in `skipped_clips`
+(rank 0), for the run's skipped.jsonl (train/recipe.py).
 """
 
 from __future__ import annotations
@@ -17,18 +19,22 @@ from train.eval.timed import Transcriber, timed_transcription
 
 
 class PeriodicEvaluator:
-    def __init__(self, manifests: list[str], run_dir: str | Path, every_steps: int, accelerator=None,
+    def __init__(self, manifests: list[str] | dict[str, list[Utterance]], run_dir: str | Path, every_steps: int,
+                 accelerator=None,
                  batch_size: int = 16, limits: AudioLimits = AudioLimits()):
         if every_steps < 1:
             raise ValueError(f"every_steps must be >= 1, got {every_steps}")
         self.run_dir, self.every_steps, self.accelerator = Path(run_dir), every_steps, accelerator
         self.batch_size, self.limits = batch_size, limits
-        self.manifests = {spec: read_manifest(spec) for spec in manifests}
+        # {spec: utterances}: read here, or already read (train/recipe.py reads a run's before any build)
+        self.manifests = dict(manifests) if isinstance(manifests, dict) else {s: read_manifest(s) for s in manifests}
         self.best_step: int | None = None
         self.best_rate: float | None = None
         self.history: list[dict] = []
         self.last_step: int | None = None  # the step evaluated last, on every rank (the history is rank 0's)
         self.listening = None  # a ListeningProbe (train/eval/listening.py), or None
+        # the last evaluation's unusable dev clips, [{id, audio, reason, detail}], from every rank (on rank 0)
+        self.skipped_clips: list[dict] = []
 
     @property
     def _rank_world(self) -> tuple[int, int]:
@@ -69,11 +75,15 @@ class PeriodicEvaluator:
             rows.append({"spec": spec, "rank": rank, "refs": result.references, "hyps": result.hypotheses,
                          "languages": result.languages, "skipped": {k: dict(v) for k, v in
                                                                     result.skipped_by_language.items()},
-                         "audio_seconds": result.audio_seconds, "seconds": result.transcription_seconds})
+                         "audio_seconds": result.audio_seconds, "seconds": result.transcription_seconds,
+                         "skipped_clips": [{"id": c.id, "audio": c.audio, "reason": c.reason, "detail": c.detail}
+                                           for c in result.skipped_clips]})
         gathered = self._gather(rows)
         self.last_step = step
         if rank != 0:
+            self.skipped_clips = []
             return None
+        self.skipped_clips = [clip for r in gathered for clip in r["skipped_clips"]]
         return self._record(step, gathered, listening)
 
     def _record(self, step: int, rows: list[dict], listening: dict | None = None) -> dict:
@@ -135,31 +145,9 @@ class PeriodicEvaluator:
         self.plot(self.run_dir / "plots" / "dev_error_rate.png")
 
     def plot(self, path: Path) -> Path:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        languages = sorted({lang for h in self.history for lang in h["languages"]})
-        fig, ax = plt.subplots(figsize=(8, 4.5))
-        cmap = plt.get_cmap("tab20")
-        for k, lang in enumerate(languages):
-            points = [(h["step"], 100 * h["languages"][lang]["rate"]) for h in self.history if lang in h["languages"]]
-            ax.plot(*zip(*points), marker="o", ms=3, lw=1.2, color=cmap(k % 20), label=lang)
-        avg = [(h["step"], 100 * h["average_rate"]) for h in self.history if h["average_rate"] is not None]
-        if avg:
-            ax.plot(*zip(*avg), color="black", lw=2.2, label="average")
-        if self.best_step is not None:
-            ax.axvline(self.best_step, color="grey", ls=":", lw=1)
-        ax.set_xlabel("step")
-        ax.set_ylabel("dev error rate (%)")
-        ax.set_title("dev error rate by language (WER; CER for zh/ja/ko)")
-        ax.spines[["top", "right"]].set_visible(False)
-        ax.legend(fontsize=7, ncol=2 if len(languages) > 10 else 1, frameon=False, loc="upper right")
-        fig.tight_layout()
+        fig = plot_history(self.history, self.best_step)
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=120)
-        plt.close(fig)
         return path
 
     def state_dict(self) -> dict:
@@ -168,3 +156,78 @@ class PeriodicEvaluator:
     def load_state_dict(self, state: dict) -> None:
         self.best_step, self.best_rate, self.history = state["best_step"], state["best_rate"], list(state["history"])
         self.last_step = self.history[-1]["step"] if self.history else None
+
+
+def plot_history(history: list[dict], best_step: int | None = None):
+    """The figure of `plots/dev_error_rate.png` (a matplotlib Figure, drawn without pyplot): the average
+    over languages bold and black, each language a thin faint line named at its end (no legend, which
+    19 languages would crowd), integer steps on x, and the best step marked. A single evaluation (step 0,
+    say) is a point centred on its step."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    languages = sorted({lang for h in history for lang in h["languages"]})
+    fig = Figure(figsize=(8, 4.5 + 0.1 * max(0, len(languages) - 12)))
+    ax = fig.subplots()
+    ends = []  # ((step, rate), name, colour, bold) of each line's last point
+    highest = 0.0
+    for k, lang in enumerate(languages):
+        points = [(h["step"], 100 * h["languages"][lang]["rate"]) for h in history
+                  if h["languages"].get(lang, {}).get("rate") is not None]
+        if not points:
+            continue
+        colour = PALETTE[k % len(PALETTE)]
+        ax.plot(*zip(*points), color=colour, lw=0.9, alpha=0.6, marker="o", ms=2.5, label=lang)
+        ends.append((points[-1], lang, colour, False))
+        highest = max([highest, *(y for _, y in points)])
+    average = [(h["step"], 100 * h["average_rate"]) for h in history if h["average_rate"] is not None]
+    if average:
+        ax.plot(*zip(*average), color="black", lw=2.4, marker="o", ms=4, label="average", zorder=3)
+        ends.append((average[-1], "average", "black", True))
+        highest = max([highest, *(y for _, y in average)])
+
+    steps = sorted({h["step"] for h in history})
+    if steps:
+        lo, hi = steps[0], steps[-1]
+        margin = 0.5 if lo == hi else 0.04 * (hi - lo)
+        ax.set_xlim(lo - margin, hi + margin)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    ax.set_ylim(0, highest * 1.08 if highest > 0 else 1.0)
+    bottom, top = ax.get_ylim()
+    gap = (top - bottom) * (8.5 / 72) / (0.75 * fig.get_figheight())  # one 7-point label's height
+    for ((x, _), name, colour, bold), y in zip(ends, _spread([y for (_, y), *_ in ends], gap, bottom)):
+        ax.annotate(name, xy=(x, y), xytext=(6, 0), textcoords="offset points", va="center",
+                    fontsize=8 if bold else 7, color=colour, fontweight="bold" if bold else "normal",
+                    annotation_clip=False)
+    if best_step is not None:
+        if len(steps) > 1:
+            ax.axvline(best_step, color="grey", ls=":", lw=1)
+        ax.annotate(f"best: step {best_step}", xy=(best_step, 1.0), xycoords=("data", "axes fraction"),
+                    xytext=(3, -2), textcoords="offset points", va="top", fontsize=7, color="grey")
+    ax.set_xlabel("step")
+    ax.set_ylabel("dev error rate (%)")
+    ax.set_title("dev error rate by language (WER; CER for zh/ja/ko)")
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    return fig
+
+
+# tab10 then the dark half of tab20b: distinct hues, none as dark as the black average
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+           "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#5254a3", "#8ca252", "#bd9e39",
+           "#ad494a", "#a55194"]
+
+
+def _spread(heights: list[float], gap: float, floor: float = 0.0) -> list[float]:
+    """Label heights as near `heights` as they can be while at least `gap` apart (same order as given):
+    pushed up where they crowd, then all moved back down by the average push, none below `floor`."""
+    order = sorted(range(len(heights)), key=lambda i: heights[i])
+    placed: dict[int, float] = {}
+    previous = None
+    for i in order:
+        placed[i] = heights[i] if previous is None else max(heights[i], previous + gap)
+        previous = placed[i]
+    if not placed:
+        return []
+    shift = min(sum(placed[i] - heights[i] for i in placed) / len(placed), min(placed.values()) - floor)
+    return [placed[i] - shift for i in range(len(heights))]

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from train.data.audio import SAMPLE_RATE, AudioLimits, AudioSkipped, SkipCounter, load_audio
-from train.data.manifest import Utterance
+from train.data.manifest import Utterance, audio_name
 
 
 class Transcriber(Protocol):
@@ -57,6 +57,16 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+@dataclass(frozen=True)
+class SkippedClip:
+    """One clip that could not be used: its id, where its audio is, the reason (SKIP_REASONS) and the detail."""
+
+    id: str
+    audio: str
+    reason: str
+    detail: str = ""
+
+
 @dataclass
 class TimedResult:
     ids: list[str]
@@ -68,6 +78,7 @@ class TimedResult:
     skipped_by_language: dict[str, SkipCounter]
     audio_seconds: float
     transcription_seconds: float
+    skipped_clips: list[SkippedClip] = field(default_factory=list)  # the clips counted in `skipped`, in input order
 
     @property
     def rtfx(self) -> float:
@@ -97,13 +108,15 @@ def timed_transcription(transcriber: Transcriber, utterances: Sequence[Utterance
     """Transcribe every usable utterance (duration-sorted batches) and time only the transcription.
     `equal_batches(local_count) -> count` pads with untimed repeats of the last batch to that many
     batches, so that ranks sharing collective forwards (ZeRO-3) run the same number."""
-    skipped, by_language, kept, audios = SkipCounter(), {}, [], []
+    skipped, by_language, kept, audios, skipped_clips = SkipCounter(), {}, [], [], []
     for utt in utterances:
         try:
             audios.append(load_audio(utt, limits))
             kept.append(utt)
         except AudioSkipped as err:
             skipped[err.reason] += 1
+            skipped_clips.append(SkippedClip(utt.id, audio_name(utt.audio), err.reason,
+                                             str(err).removeprefix(f"{err.reason}: ")))
             by_language.setdefault(utt.language or "unknown", SkipCounter())[err.reason] += 1
     durations = [len(a) / SAMPLE_RATE for a in audios]
     batches = batches_by_duration(durations, batch_size, max_batch_seconds)
@@ -127,5 +140,5 @@ def timed_transcription(transcriber: Transcriber, utterances: Sequence[Utterance
                                [kept[i].language for i in filler] or [None])
     return TimedResult(ids=[u.id for u in kept], references=[u.text for u in kept], hypotheses=hypotheses,
                        languages=[u.language for u in kept], durations=durations, skipped=skipped,
-                       skipped_by_language=by_language,
-                       audio_seconds=float(sum(durations)), transcription_seconds=elapsed)
+                       skipped_by_language=by_language, audio_seconds=float(sum(durations)),
+                       transcription_seconds=elapsed, skipped_clips=skipped_clips)

@@ -24,6 +24,7 @@ from pathlib import Path
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
+from train.cli import HelpFormatter
 from train.config import LANGUAGE_NAMES, PromptConfig
 
 SPECIALS = ["<|endoftext|>", "<|im_end|>", "<|audio|>", "<|begin_of_audio|>", "<|end_of_audio|>", "<|user|>",
@@ -67,11 +68,15 @@ def manifest_texts(paths: list[str]):
                     yield json.loads(line).get("text") or ""
 
 
-def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     parser.add_argument("--manifest", action="append", required=True, help="labelled manifests; repeat for several")
-    parser.add_argument("--out", required=True)
-    args = parser.parse_args(argv)
+    parser.add_argument("--out", required=True, help="folder to save the tokenizer in")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = build_parser().parse_args(argv)
     tok = build_char_tokenizer(manifest_texts(args.manifest))
     tok.save_pretrained(args.out)
     print(f"{len(tok)} tokens ({len(tok) - len(SPECIALS)} characters) -> {args.out}")

@@ -10,6 +10,7 @@ import json
 
 import torch
 
+from train.cli import HelpFormatter, config_errors_exit
 from train.config import ModelConfig, load_config
 from train.models.build import configure_training
 from train.models.student import StudentForConditionalGeneration, glmasr_config
@@ -35,15 +36,20 @@ def parameter_counts(cfg: ModelConfig) -> dict[str, int]:
     }
 
 
-def main(argv: list[str] | None = None) -> dict[str, int]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     parser.add_argument("config", help="model config YAML")
     parser.add_argument("overrides", nargs="*", help="key=value overrides")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict[str, int]:
+    args = build_parser().parse_args(argv)
     counts = parameter_counts(load_config(ModelConfig, args.config, args.overrides))
     print(json.dumps(counts, indent=2))
     return counts
 
 
 if __name__ == "__main__":
-    main()
+    with config_errors_exit():  # a wrong config key or value: one line, status 2
+        main()
