@@ -26,7 +26,7 @@ def _entry_points() -> list[str]:
     for path in sorted([*ROOT.glob("train/**/*.py"), *ROOT.glob("scripts/*.py"), *ROOT.glob("data_recipes/**/*.py")]):
         text = path.read_text(encoding="utf-8")
         runs = any(line.startswith('if __name__ == "__main__"') for line in text.splitlines())
-        if runs and ("ArgumentParser(" in text or "base_parser(" in text):
+        if runs and any(maker in text for maker in ("ArgumentParser(", "base_parser(", "recipe_parser(")):
             found.append(path.relative_to(ROOT).as_posix())
     return found
 

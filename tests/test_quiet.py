@@ -44,26 +44,37 @@ def test_an_offline_wandb_run_says_one_line(tmp_path, capfd):
 
 @pytest.mark.skipif(torch.cuda.is_available() or "DS_ACCELERATOR" in os.environ,
                     reason="DeepSpeed says it falls back to the CPU only when torch sees no GPU")
-def test_deepspeed_does_not_say_it_falls_back_to_the_cpu(tmp_path, capfd):
+def test_deepspeed_does_not_say_it_falls_back_to_the_cpu(tmp_path):
     from deepspeed.accelerator import real_accelerator
 
     from train.quiet import CPU_NOTICE
 
+    # What reaches DeepSpeed's logger's handlers, read by a handler of our own: its own handler writes
+    # to whatever sys.stdout was when deepspeed was first imported (in a suite, maybe another test's capture).
+    logger, seen = logging.getLogger("DeepSpeed"), []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logger.addHandler(handler)
+
     def detect() -> str:  # DeepSpeed's own detection and message, again (it runs once per process)
+        seen.clear()
         found, real_accelerator.ds_accelerator = real_accelerator.ds_accelerator, None
         try:
             real_accelerator.get_accelerator()
         finally:
             real_accelerator.ds_accelerator = found
-        out = capfd.readouterr()
-        return out.out + out.err
+        return "\n".join(seen)
 
-    logging.getLogger("DeepSpeed").removeFilter(CPU_NOTICE)
-    assert "Setting accelerator to CPU" in detect()  # what a CPU run printed
-    _accelerator(tmp_path)
-    assert "Setting accelerator to CPU" not in detect()
-    logging.getLogger("DeepSpeed").warning("another DeepSpeed warning")
-    assert "another DeepSpeed warning" in capfd.readouterr().out
+    try:
+        logger.removeFilter(CPU_NOTICE)
+        assert "Setting accelerator to CPU" in detect()  # what a CPU run printed
+        _accelerator(tmp_path)
+        assert "Setting accelerator to CPU" not in detect()
+        seen.clear()
+        logger.warning("another DeepSpeed warning")
+        assert seen == ["another DeepSpeed warning"]
+    finally:
+        logger.removeHandler(handler)
 
 
 def test_a_checkpoint_of_a_tied_student_does_not_warn_about_the_tied_head(tmp_path, caplog):

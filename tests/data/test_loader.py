@@ -33,7 +33,9 @@ def corpus(tmp_path):
     labelled = tmp_path / "train.jsonl"
     labelled.write_text("".join(json.dumps(r) + "\n" for r in rows))
     unlabelled = tmp_path / "unlabelled.jsonl"
-    unlabelled.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "text"}) + "\n" for r in rows[:6]))
+    # The same clips again, unlabelled, under their own ids (ids are unique across a run's sources).
+    unlabelled.write_text("".join(json.dumps({**{k: v for k, v in r.items() if k != "text"}, "id": f"pool-{r['id']}"})
+                                  + "\n" for r in rows[:6]))
     return labelled, unlabelled
 
 
@@ -82,7 +84,7 @@ def test_mixed_sources_with_weights(corpus, processor):
     loader = make_loader([SourceConfig(path=str(labelled), weight=1.0), SourceConfig(path=str(unlabelled), weight=2.0)],
                          processor, _data(num_workers=0))
     ids = list(itertools.chain(*(b["ids"] for b in loader)))
-    assert ids.count("good0") == 3  # once from the labelled source, twice from the unlabelled one
+    assert ids.count("good0") == 1 and ids.count("pool-good0") == 2  # the unlabelled source weighs 2
     assert ids.count("good10") == 1
 
 
