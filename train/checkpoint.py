@@ -11,7 +11,8 @@ against that record first (`validate_checkpoint`): `resume=auto` takes the newes
 and says which it passed over and why; `resume=DIR` refuses a damaged one. A write that fails (a full
 disk, say) removes the partial checkpoint and raises `CheckpointWriteError` on every rank, naming the
 path, the error and the space it needs; older checkpoints are pruned (`keep_last`) only once a newer
-one is whole, synced and recorded.
+one is whole, synced and recorded. The final model is written the same way (`write_final`: a temporary
+folder renamed to `final/`, a failure said on every rank with nothing partial left).
 Each checkpoint keeps a copy of the run's `config.yaml`: the settings its state was made under, which a
 resume is checked against (train/run_config.py).
 
@@ -190,6 +191,41 @@ def file_digest(path: str | Path, sync: bool = False) -> dict:
 def checkpoint_bytes(path: str | Path) -> int:
     """A checkpoint's size on disk, in bytes."""
     return _tree_bytes(Path(path))
+
+
+def write_final(accelerator, run_dir: str | Path, write) -> Path:
+    """The run's final model: `write(folder)` on rank 0 into a temporary folder beside `final/`, which then
+    replaces `final/` in one rename. Collective. A write that fails (a full disk, say) is agreed on by every
+    rank: the partial folder is removed, checkpoints (and an earlier `final/`) are as they were, and every
+    rank raises CheckpointWriteError naming the folder, the error, the space free and how to finish."""
+    run_dir = Path(run_dir)
+    final, tmp = run_dir / "final", run_dir / ".tmp-final"
+    failure, written, free_then = None, 0, 0
+    if _is_main(accelerator):
+        failure = _attempt(lambda: _write_and_rename(write, tmp, final))
+        if failure is not None:
+            written, free_then = _tree_bytes(tmp), _free_bytes(run_dir)
+            shutil.rmtree(tmp, ignore_errors=True)
+    failures = _agreed(accelerator, failure, "writing the final model")
+    if not failures:
+        return final
+    written, free_then = _from_main(accelerator, (written, free_then))
+    newest = complete_checkpoints(run_dir)
+    intact = (f"the checkpoints ({newest[-1].name} the newest) are intact: free some space and run again with "
+              f"resume=auto, which starts from {newest[-1].name} and writes the final model") if newest else \
+        "the run has no checkpoint to resume from"
+    raise CheckpointWriteError(
+        f"the final model could not be written to {final}: {'; '.join(failures)}. It needs more than the "
+        f"{_size(written)} written before it failed; {_size(free_then)} was free on that filesystem when it "
+        f"failed. The partial folder {tmp.name} is removed; {intact}")
+
+
+def _write_and_rename(write, tmp: Path, final: Path) -> None:
+    shutil.rmtree(tmp, ignore_errors=True)  # a write interrupted before
+    write(tmp)
+    if final.exists():  # a run extended past its earlier end
+        shutil.rmtree(final)
+    os.replace(tmp, final)
 
 
 # ---- the parts of a write, each run on the ranks named in save_checkpoint ----

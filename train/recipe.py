@@ -31,6 +31,7 @@ from train.checkpoint import (
     save_checkpoint,
     saved_config,
     update_trainer_state,
+    write_final,
 )
 from train.config import ConfigError, ModelConfig, RunConfig, config_to_yaml, load_config
 from train.data.audio import AudioLimits, SkipCounter
@@ -350,7 +351,8 @@ def next_batches(data, count: int, skipped: SkippedClips, step: int) -> list[dic
 
 def inject_faults(engine, accelerator, step: int) -> None:
     """Fault injection for the tests, at step N after its rollouts, before its update: ARK_OPD_KILL_AT_STEP=N
-    kills the process (SIGKILL); ARK_OPD_SIGNAL_AT_STEP=N sends it ARK_OPD_SIGNAL (default SIGTERM);
+    kills the process (SIGKILL); ARK_OPD_SIGNAL_AT_STEP=N sends it ARK_OPD_SIGNAL (default SIGTERM), or sends
+    it to the launcher (the parent process) with ARK_OPD_SIGNAL_TO=launcher;
     ARK_OPD_HANG_AT_STEP=N makes it hang (sleep for an hour); each on every rank, or on ARK_OPD_FAULT_RANK
     only. ARK_OPD_NAN_AT_STEP=N gives the last rank a NaN loss at step N."""
     env = os.environ.get
@@ -358,7 +360,8 @@ def inject_faults(engine, accelerator, step: int) -> None:
         if step == int(env("ARK_OPD_KILL_AT_STEP", "0")):
             os.kill(os.getpid(), signal.SIGKILL)
         if step == int(env("ARK_OPD_SIGNAL_AT_STEP", "0")):
-            os.kill(os.getpid(), signal.Signals[env("ARK_OPD_SIGNAL", "SIGTERM")])
+            to = os.getppid() if env("ARK_OPD_SIGNAL_TO") == "launcher" else os.getpid()
+            os.kill(to, signal.Signals[env("ARK_OPD_SIGNAL", "SIGTERM")])
         if step == int(env("ARK_OPD_HANG_AT_STEP", "0")):
             time.sleep(3600)
     engine.inject_nonfinite = step == int(os.environ.get("ARK_OPD_NAN_AT_STEP", "0")) and \
@@ -575,15 +578,16 @@ def save_final(accelerator, student, processor, run_dir: Path, dtype: torch.dtyp
         state_dict = student_state_dict(state_dict)
     digests = gather_object([parameter_digest(state_dict)]) if accelerator.num_processes > 1 else [
         parameter_digest(state_dict)]
-    if accelerator.is_main_process:
-        state_dict = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
+
+    def write(folder: Path) -> None:  # rank 0 (write_final: a failed write is said on every rank, nothing kept)
+        cast = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
         with no_shard_bar():
-            save_student(unwrap_student(accelerator.unwrap_model(student)), processor, run_dir / "final",
-                         state_dict=state_dict)
-        (run_dir / "final" / "rank_digests.json").write_text(json.dumps(digests))
-        if not is_zero3(accelerator) and len(set(digests)) > 1:  # under ZeRO-3 only rank 0 has them whole
-            raise RuntimeError(f"data-parallel ranks ended with different parameters: {digests}")
-    accelerator.wait_for_everyone()
+            save_student(unwrap_student(accelerator.unwrap_model(student)), processor, folder, state_dict=cast)
+        (folder / "rank_digests.json").write_text(json.dumps(digests))
+
+    write_final(accelerator, run_dir, write)
+    if not is_zero3(accelerator) and len(set(digests)) > 1:  # under ZeRO-3 only rank 0 has them whole
+        raise RuntimeError(f"data-parallel ranks ended with different parameters: {digests}")
 
 
 def parameter_digest(state_dict: dict | None) -> str:

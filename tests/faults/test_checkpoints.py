@@ -337,6 +337,45 @@ def test_with_on_error_continue_a_full_disk_is_said_and_retried_at_the_next_chec
     assert _history(run) == [0, 2, 4]
 
 
+def test_a_full_disk_at_the_final_model_leaves_nothing_partial_and_resume_writes_it(tmp_path, straight, monkeypatch,
+                                                                                    capsys):
+    """The last checkpoint (step 4) is whole when the final model's write fails: no final/ and no partial folder
+    are left, the message names the folder, the error and what to do; resume=auto then writes the final model
+    without training a step again."""
+    from train import recipe
+    from train.sft import main
+
+    data, reference = straight
+    run = tmp_path / "run"
+    real_save = recipe.save_student
+
+    def full_disk(model, processor, folder, **kwargs):
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / "model.safetensors").write_bytes(b"\0" * 500)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(recipe, "save_student", full_disk)
+    with pytest.raises(CheckpointWriteError) as failed:
+        main(_sft_args(tmp_path, data))
+    message = str(failed.value)
+    assert message.startswith(f"the final model could not be written to {run / 'final'}: rank 0, writing the final "
+                              "model: OSError: [Errno 28] No space left on device (the disk or quota is full)")
+    assert "It needs more than the 500 B written before it failed" in message
+    assert message.endswith("The partial folder .tmp-final is removed; the checkpoints (step-4 the newest) are intact: "
+                            "free some space and run again with resume=auto, which starts from step-4 and writes the "
+                            "final model")
+    assert not (run / "final").exists() and not (run / ".tmp-final").exists()
+    assert validate_checkpoint(run / "checkpoints" / "step-4") is None
+    monkeypatch.setattr(recipe, "save_student", real_save)
+    capsys.readouterr()
+    main(_sft_args(tmp_path, data))
+    assert f"resumed from {run / 'checkpoints' / 'step-4'} at step 4" in capsys.readouterr().out
+    a, b = _final(reference), _final(run)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [m["step"] for m in _metrics(run) if "loss" in m] == [1, 2, 3, 4]  # no step trained twice
+    assert _history(run) == [0, 2, 4]
+
+
 # ---- two processes: a fault that one rank meets is agreed on by both ----
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from tests.faults.test_preemption import _args, metric_rows
 from tests.launch import ROOT, launcher, run
-from tests.test_backends import _checkpoint_tensors
+from tests.backend_runs import checkpoint_tensors
 from tests.test_distill import _manifest
 from train.checkpoint import STATE_FILE, complete_checkpoints
 
@@ -48,7 +48,7 @@ def assert_saved_state_intact(run_dir: Path) -> None:
     newest = complete_checkpoints(run_dir)
     assert [p.name for p in newest] == ["step-2"]
     assert not list((run_dir / "checkpoints").glob(".tmp-*"))  # no half-written checkpoint of step 3
-    tensors = _checkpoint_tensors(newest[-1])  # every weight and optimizer file loads
+    tensors = checkpoint_tensors(newest[-1])  # every weight and optimizer file loads
     assert any("optim" in k and v.numel() > 1 for k, v in tensors.items())
     assert any("multi_modal_projector.linear_2.weight" in k for k in tensors)
     state = json.loads((newest[-1] / STATE_FILE).read_text())
