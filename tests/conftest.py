@@ -79,3 +79,11 @@ def make_clips(lengths, seed: int = 0):
         tone = 0.3 * np.sin(2 * np.pi * rng.uniform(100, 900) * t)
         clips.append((tone + 0.05 * rng.standard_normal(n)).astype(np.float32))
     return clips
+
+
+@pytest.fixture(scope="session")
+def backend_runs(tmp_path_factory):
+    """The same 5 steps on every backend, once a session (tests/backend_runs.py); {name: run folder}."""
+    from tests.backend_runs import make_runs
+
+    return make_runs(tmp_path_factory.mktemp("backends"))

@@ -11,9 +11,7 @@ step's global token count: so all backends must agree with the one-process run t
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -21,63 +19,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.backend_runs import (BACKENDS, CLIP, FAULT, LR, MIN_LR_RATIO, NAN_STEP, STEPS, WARMUP, checkpoint_tensors,
+                                settings_like, step_metrics)
 from tests.launch import ROOT, launcher, run
 from tests.test_distill import _manifest, _overrides
-from train.distill import main, parse_args
-
-STEPS, NAN_STEP, WARMUP, LR, MIN_LR_RATIO, CLIP = 5, 4, 2, 1e-3, 0.1, 0.01
-BACKENDS = ("ddp", "zero2", "zero3", "fsdp2")
 
 
-def _untied_tiny(folder: Path) -> Path:
-    """ZeRO-3 refuses tied embeddings, so every backend here uses the untied tiny student."""
-    path = folder / "tiny_untied.yaml"
-    path.write_text((ROOT / "configs/models/tiny.yaml").read_text().replace(
-        "  max_position_embeddings: 4096", "  max_position_embeddings: 4096\n  tie_word_embeddings: false"))
-    return path
-
-
-def _settings(folder: Path, train: Path, dev: Path, model: Path, **extra) -> list[str]:
-    # GKD's lambda = 0.5: on-policy and reference steps both occur, with the same coin on every rank (under
-    # ZeRO-3 a rank that ran other forwards than the others would hang). eps 1e-4 makes AdamW's update
-    # depend on the gradient's scale, so clipping at 0.01 shows in the weights.
-    return _overrides(folder, train, dev, **{
-        "max_steps": STEPS, "student.model": model, "data.max_batch_size": 2, "data.max_batch_seconds": 100.0,
-        "optim.schedule": "cosine", "optim.warmup_steps": WARMUP, "optim.min_lr_ratio": MIN_LR_RATIO,
-        "optim.lr": LR, "optim.grad_clip": CLIP, "optim.eps": 1e-4, "opd.on_policy_fraction": 0.5,
-        "checkpoint.every": 1, "checkpoint.keep_last": STEPS, **extra})
-
-
-def _metrics(run_dir: Path) -> list[dict]:
-    return [m for m in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "loss" in m]
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """The same 5 steps on every backend (step 4: a NaN loss on the last rank), and one process without
-    clipping; returns {name: run folder}."""
-    tmp = tmp_path_factory.mktemp("backends")
-    train, dev = _manifest(tmp / "data", 12, seconds=lambda i: 1.0), _manifest(tmp / "data", 2, name="dev.jsonl")
-    model = _untied_tiny(tmp)
-    fault = {"ARK_OPD_NAN_AT_STEP": str(NAN_STEP)}
-    folders = {}
-    for backend in BACKENDS:
-        # DDP decodes its rollouts with the static-cache engine, the others with the eager reference: the
-        # one-process run (eager) is then the reference for both engines under several processes too.
-        args = _settings(tmp / backend, train, dev, model, **({"decode.engine": "static"} if backend == "ddp" else {}))
-        out = run(launcher(backend) + [str(ROOT / "train" / "distill.py")] + args, env_extra=fault)
-        assert out.returncode == 0, f"{backend}:\n{out.stderr[-3000:]}"
-        assert ("decode engine: static" in out.stdout) == (backend == "ddp"), backend
-        folders[backend] = tmp / backend / "run"
-    os.environ.update(fault)
-    try:
-        main(parse_args(_settings(tmp / "one", train, dev, model, **{"optim.grad_accum": 2})))
-        main(parse_args(_settings(tmp / "unclipped", train, dev, model, **{"optim.grad_accum": 2,
-                                                                            "optim.grad_clip": 0.0})))
-    finally:
-        del os.environ["ARK_OPD_NAN_AT_STEP"]
-    folders.update(one=tmp / "one" / "run", unclipped=tmp / "unclipped" / "run")
-    return folders
+@pytest.fixture()
+def runs(backend_runs):
+    """{name: run folder} of the same 5 steps on every backend (tests/backend_runs.py, made once a session)."""
+    return backend_runs
 
 
 def expected_lr(update: int) -> float:
@@ -94,19 +45,19 @@ def test_lr_column_is_the_schedule_on_every_backend(runs):
     updates = [0, 1, 2, 3, 3]
     expected = [expected_lr(u) for u in updates]
     for name in ("one", *BACKENDS):
-        lrs = [m["lr"] for m in _metrics(runs[name])]
+        lrs = [m["lr"] for m in step_metrics(runs[name])]
         assert lrs == pytest.approx(expected, rel=1e-9, abs=1e-15), name
 
 
 @pytest.mark.slow
 def test_every_backend_takes_the_same_updates(runs):
-    one = _metrics(runs["one"])
+    one = step_metrics(runs["one"])
     assert [m["nonfinite"] for m in one] == [False, False, False, True, False]
     assert [m["on_policy"] for m in one] != [1.0] * STEPS and 1.0 in [m["on_policy"] for m in one]
     assert all(m["grad_norm"] > 10 * CLIP for m in one if not m["nonfinite"])  # the clip binds every update
     final_one = load_file(runs["one"] / "final" / "model.safetensors")
     for backend in BACKENDS:
-        metrics = _metrics(runs[backend])
+        metrics = step_metrics(runs[backend])
         assert [m["nonfinite"] for m in metrics] == [m["nonfinite"] for m in one], backend
         assert [m["on_policy"] for m in metrics] == [m["on_policy"] for m in one], backend
         for a, b in zip(metrics, one):
@@ -125,41 +76,18 @@ def test_every_backend_takes_the_same_updates(runs):
     assert (unclipped[key] - final_one[key]).abs().max() > 1e-4
 
 
-def _tensors(obj, prefix=""):
-    """Every tensor in a nested state (dicts, lists), by path."""
-    if isinstance(obj, torch.Tensor):
-        yield prefix, obj
-    elif isinstance(obj, dict):
-        for k, v in obj.items():
-            yield from _tensors(v, f"{prefix}/{k}")
-    elif isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            yield from _tensors(v, f"{prefix}/{i}")
-
-
-def _checkpoint_tensors(checkpoint: Path) -> dict[str, torch.Tensor]:
-    """Weights and optimizer state of a checkpoint, whatever the backend wrote (the test's own files)."""
-    found = {}
-    for path in sorted(checkpoint.rglob("*")):
-        if path.suffix == ".safetensors":
-            found.update({f"{path.name}/{k}": v for k, v in load_file(path).items()})
-        elif path.suffix in (".bin", ".pt"):
-            found.update({f"{path.name}{k}": v for k, v in _tensors(torch.load(path, weights_only=False))})
-    return found
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["one", "ddp", "zero2"])
 def test_a_nonfinite_step_changes_nothing(runs, name):
-    before = _checkpoint_tensors(runs[name] / "checkpoints" / f"step-{NAN_STEP - 1}")
-    after = _checkpoint_tensors(runs[name] / "checkpoints" / f"step-{NAN_STEP}")
+    before = checkpoint_tensors(runs[name] / "checkpoints" / f"step-{NAN_STEP - 1}")
+    after = checkpoint_tensors(runs[name] / "checkpoints" / f"step-{NAN_STEP}")
     optimizer_state = [k for k in before if "optim" in k and before[k].numel() > 1]
     assert optimizer_state, f"{name}: no optimizer state found in {sorted(before)[:5]}"
     assert before.keys() == after.keys()
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert changed == [], f"{name}: the skipped step changed {changed[:5]}"
     # ...while an applied step changes them
-    earlier = _checkpoint_tensors(runs[name] / "checkpoints" / f"step-{NAN_STEP - 2}")
+    earlier = checkpoint_tensors(runs[name] / "checkpoints" / f"step-{NAN_STEP - 2}")
     assert any(not torch.equal(earlier[k], before[k]) for k in optimizer_state)
 
 
@@ -224,14 +152,11 @@ def test_a_sharded_run_resumes_to_the_same_weights(runs, backend, tmp_path):
     """Resume from the step-3 checkpoint of the run above (sharded weights and optimizer state) into a
     new folder: the last two steps (one skipped, one applied) end bitwise where the run itself ended."""
     source = runs[backend]
-    shared = source.parents[1]  # the data and model config of the runs above
-    args = _settings(tmp_path, shared / "data" / "train.jsonl", shared / "data" / "dev.jsonl",
-                     shared / "tiny_untied.yaml", resume=source / "checkpoints" / "step-3")
-    out = run(launcher(backend) + [str(ROOT / "train" / "distill.py")] + args,
-              env_extra={"ARK_OPD_NAN_AT_STEP": str(NAN_STEP)})
+    args = settings_like(source, tmp_path, backend, resume=source / "checkpoints" / "step-3")
+    out = run(launcher(backend) + [str(ROOT / "train" / "distill.py")] + args, env_extra=FAULT)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "resumed from" in out.stdout + out.stderr
-    assert [m["step"] for m in _metrics(tmp_path / "run")] == [4, 5]
+    assert [m["step"] for m in step_metrics(tmp_path / "run")] == [4, 5]
     a = load_file(source / "final" / "model.safetensors")
     b = load_file(tmp_path / "run" / "final" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

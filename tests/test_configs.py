@@ -45,7 +45,7 @@ ACCELERATE_YAML = sorted((ROOT / "configs" / "accelerate").glob("*.yaml"))
 def test_accelerate_config_loads_and_is_exercised(path):
     from accelerate.commands.config.config_args import load_config_from_file
 
-    from tests.test_backends import BACKENDS
+    from tests.backend_runs import BACKENDS
 
     config = load_config_from_file(str(path))
     assert config.num_processes == 2  # runs as it is on two CPU processes (tests/test_backends.py)

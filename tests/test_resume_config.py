@@ -35,8 +35,9 @@ def test_flat_settings_use_dotted_keys_and_index_lists_of_sections():
 
 def test_the_allowlist_is_explicit_and_everything_else_is_refused():
     for key in ("max_steps", "output_dir", "resume", "eval.every", "eval.batch_size", "log.wandb_mode",
-                "checkpoint.every", "checkpoint.keep_last", "data.num_workers", "decode.engine",
-                "teacher.rows_per_forward", "optim.logits_chunk"):  # memory only: the same numbers
+                "checkpoint.every", "checkpoint.keep_last", "checkpoint.on_error", "data.num_workers", "decode.engine",
+                "teacher.rows_per_forward", "optim.logits_chunk",  # memory only: the same numbers
+                "faults.signals", "faults.collective_timeout_s"):  # how a run stops, not what it computes
         assert resumable(key), key
     for key in ("optim.lr", "optim.schedule", "seed", "student.model", "teacher.seed", "opd.k", "data.train[0].path",
                 "data.max_batch_seconds", "data.language_prompt", "data.dev[0].path", "mixed_precision",

@@ -33,12 +33,19 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
 @contextlib.contextmanager
 def config_errors_exit():
     """A ConfigError (a wrong key or value, from the file, an override, or a check made while the run
-    is set up) becomes one line on stderr and exit status 2, argparse's for a bad command line."""
+    is set up) becomes one line on stderr and exit status 2, argparse's for a bad command line. A checkpoint
+    that could not be written (checkpoint.on_error=stop) is said the same way, with status 1: its message
+    names the folder, the error, the space needed and the checkpoint that is intact."""
+    from train.checkpoint import CheckpointWriteError
+
     try:
         yield
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    except CheckpointWriteError as err:
+        print(f"checkpoint error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def recipe_parser(doc: str, schema: type, default_config: str | None, example: str) -> argparse.ArgumentParser:

@@ -7,6 +7,7 @@ each dataclass's `__post_init__` checks values and cross-field constraints befor
 from __future__ import annotations
 
 import dataclasses
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, TypeVar
@@ -508,6 +509,9 @@ class EvalConfig:
     max_new_tokens: int = 256
     language_prompt: Optional[bool] = None  # None: as data.language_prompt (dev prompts like training's)
     listening_clips: int = 32  # dev clips for the own- vs swapped-audio loss gap (train/eval/listening.py); 0 = off
+    # An error inside a dev evaluation: false = its traceback is printed, an eval_error line goes to metrics.jsonl,
+    # and training goes on; true = the run stops with it.
+    fail_fast: bool = False
 
 
 @dataclass
@@ -532,11 +536,44 @@ class DecodeConfig:
 @dataclass
 class CheckpointConfig:
     every: int = 50
-    keep_last: int = 2
+    keep_last: int = 2  # older checkpoints are removed only once a newer one is written whole and recorded
+    # A checkpoint that cannot be written (a full disk, say; its partial files are removed, older ones stay):
+    # stop = the run ends with the path, the error and the space needed; continue = it says so and trains on,
+    # retrying at the next checkpoint.
+    on_error: str = "stop"
 
     def __post_init__(self):
         _require(self.every >= 1, "checkpoint.every", f"must be >= 1, got {self.every}")
         _require(self.keep_last >= 1, "checkpoint.keep_last", f"must be >= 1, got {self.keep_last}")
+        _require(self.on_error in ("stop", "continue"), "checkpoint.on_error",
+                 f"must be stop or continue, got {self.on_error!r}")
+
+
+# Signals a run cannot catch (they kill at once); the others can be listed in faults.signals.
+UNCATCHABLE_SIGNALS = ("SIGKILL", "SIGSTOP")
+
+
+@dataclass
+class FaultsConfig:
+    """Preemption and dead ranks (train/preemption.py)."""
+
+    # Signals that stop a run cleanly: the step in progress is finished, a checkpoint is written at it, and the
+    # run exits with status 75 (resume=auto goes on from there). SIGTERM: what SLURM, Kubernetes and spot
+    # reclaimers send before they kill; SIGUSR1: SLURM's `--signal=USR1@SECONDS` warning. [] = off.
+    signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])
+    # Seconds a collective (all-reduce, barrier) waits for the other ranks before it fails: a dead or hung rank
+    # ends the run with an error instead of holding the others until the job's wall time. It must exceed the
+    # longest a healthy rank waits for another (rank 0 writing a checkpoint or the final model, uneven rollouts).
+    collective_timeout_s: int = 1800
+
+    def __post_init__(self):
+        for name in self.signals:
+            _require(isinstance(getattr(signal, str(name), None), signal.Signals) and str(name).startswith("SIG"),
+                     "faults.signals", f"{name!r} is not a signal name (e.g. SIGTERM, SIGUSR1)")
+            _require(name not in UNCATCHABLE_SIGNALS, "faults.signals", f"{name} cannot be caught")
+        _require(len(set(self.signals)) == len(self.signals), "faults.signals", f"lists a signal twice: {self.signals}")
+        _require(self.collective_timeout_s >= 1, "faults.collective_timeout_s",
+                 f"must be >= 1 second, got {self.collective_timeout_s}")
 
 
 @dataclass
@@ -554,6 +591,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    faults: FaultsConfig = field(default_factory=FaultsConfig)
     max_nonfinite_in_a_row: int = 5  # NaN/inf losses skip their step; this many in a row stop the run
     # Compute precision of the trained student (train/engine.py): auto = the model config's dtype
     # (bfloat16 -> bf16); bf16 = float32 masters computed in bfloat16; no = float32 throughout.

@@ -6,7 +6,8 @@
 Reads top to bottom: config -> accelerator and run folder -> student, teacher, data, optimizer ->
 resume -> the starting model's dev evaluation (step 0) -> loop (collect rollouts and teacher scores;
 update) with logging, dev evaluation and checkpoints -> final model. The default config is the bundled
-toy setup.
+toy setup. A signal of `faults.signals` (SIGTERM, SIGUSR1) stops the run after a whole step, at a checkpoint
+of it, with exit status 75; resume=auto goes on from there (train/preemption.py).
 """
 
 from __future__ import annotations
@@ -47,12 +48,14 @@ from train.recipe import (  # noqa: E402
     make_evaluator,
     next_batches,
     no_zero3_init,
+    preemption_watch,
     prepare_run_dir,
     read_run_manifests,
     refuse_zero3_with_tied_embeddings,
     resume_run,
     settle_prompting,
     stop_if_nonfinite,
+    stop_if_preempted,
     student_model_config,
 )
 from train.run_log import RunLog  # noqa: E402
@@ -128,28 +131,32 @@ def main(cfg: DistillConfig) -> dict:
     log = RunLog(accelerator, run_dir, cfg.max_steps, step, cfg.log, config_to_dict(cfg))
     evaluate_at_start(cfg, accelerator, step, engine, processor, evaluator, skipped)  # eval.on_start
     data = batches_forever(loader)
-    while step < cfg.max_steps:
-        step += 1
-        started = time.perf_counter()
-        # Sampled rollouts are keyed by the step's seed and each clip's id, whatever the batch layout,
-        # so a resumed run samples exactly what it would have.
-        step_seed = cfg.seed * 1_000_003 + step * 1_009
-        on_policy = gkd_coin(cfg, step)
-        batches = next_batches(data, cfg.optim.grad_accum, skipped, step)
-        micro = collect(accelerator.unwrap_model(engine.model), processor, teacher, batches, cfg.opd, on_policy,
-                        step_seed, accelerator.device, all_done, chunk=cfg.optim.logits_chunk, decoder=engine.decoder)
-        rolled = time.perf_counter()
-        inject_faults(engine, accelerator, step)
-        lr = engine.lr  # this update's
-        stats = update(engine, micro, cfg.opd, allowed_V, chunk=cfg.optim.logits_chunk)
-        last_batch = (batches[-1]["epoch"], batches[-1]["position"])
-        nonfinite_run = nonfinite_run + 1 if stats["nonfinite"] else 0
-        log.log(step, {**stats, **rollout_stats(micro, processor), "lr": lr,
-                       "rollout_seconds": rolled - started, "step_seconds": time.perf_counter() - started,
-                       "skipped_files": skipped.total, "on_policy": float(on_policy)})
-        stop_if_nonfinite(nonfinite_run, cfg, step, run_dir)
-        evaluate_and_checkpoint(cfg, accelerator, run_dir, step, engine, processor, evaluator, sampler, last_batch,
-                                skipped)
+    with preemption_watch(cfg, accelerator, run_dir) as preempt:  # faults.signals: stop after a whole step
+        while step < cfg.max_steps:
+            step += 1
+            started = time.perf_counter()
+            # Sampled rollouts are keyed by the step's seed and each clip's id, whatever the batch layout,
+            # so a resumed run samples exactly what it would have.
+            step_seed = cfg.seed * 1_000_003 + step * 1_009
+            on_policy = gkd_coin(cfg, step)
+            batches = next_batches(data, cfg.optim.grad_accum, skipped, step)
+            micro = collect(accelerator.unwrap_model(engine.model), processor, teacher, batches, cfg.opd, on_policy,
+                            step_seed, accelerator.device, all_done, chunk=cfg.optim.logits_chunk,
+                            decoder=engine.decoder)
+            rolled = time.perf_counter()
+            inject_faults(engine, accelerator, step)
+            lr = engine.lr  # this update's
+            stats = update(engine, micro, cfg.opd, allowed_V, chunk=cfg.optim.logits_chunk)
+            last_batch = (batches[-1]["epoch"], batches[-1]["position"])
+            nonfinite_run = nonfinite_run + 1 if stats["nonfinite"] else 0
+            log.log(step, {**stats, **rollout_stats(micro, processor), "lr": lr,
+                           "rollout_seconds": rolled - started, "step_seconds": time.perf_counter() - started,
+                           "skipped_files": skipped.total, "on_policy": float(on_policy)})
+            stop_if_nonfinite(nonfinite_run, cfg, step, run_dir)
+            evaluate_and_checkpoint(cfg, accelerator, run_dir, step, engine, processor, evaluator, sampler,
+                                    last_batch, skipped)
+            stop_if_preempted(preempt, cfg, accelerator, run_dir, step, engine, sampler, last_batch, evaluator,
+                              skipped, log)
     return finish_run(cfg, accelerator, run_dir, step, engine, processor, evaluator, log, skipped, model_cfg)
 
 

@@ -10,6 +10,10 @@ import json
 import os
 import random
 import signal
+import sys
+import time
+import traceback
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -21,24 +25,27 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 from train.checkpoint import (
     CONFIG_FILE,
     STATE_FILE,
+    CheckpointWriteError,
     load_checkpoint,
     resolve_resume,
     save_checkpoint,
     saved_config,
     update_trainer_state,
+    write_final,
 )
 from train.config import ConfigError, ModelConfig, RunConfig, config_to_yaml, load_config
 from train.data.audio import AudioLimits, SkipCounter
 from train.data.loader import read_labelled_sources, read_sources
 from train.data.manifest import ManifestError, check_unique_ids, read_manifest
 from train.eval.listening import ListeningProbe
-from train.eval.periodic import PeriodicEvaluator
+from train.eval.periodic import EvaluationError, PeriodicEvaluator
 from train.eval.timed import StudentTranscriber
 from train.engine import is_zero3, params_sharded, resolve_mixed_precision, storage_dtype
 from train.models import build_student, configure_training, load_student, save_student
 from train.models.build import DTYPES, frozen_random_parts
 from train.models.ctc import StudentWithCTC, student_state_dict, unwrap_student
 from train.models.processor import prompt_with_language
+from train.preemption import PREEMPTED_EXIT_CODE, Preempted, Preemption
 from train.quiet import expect_cpu, no_shard_bar
 from train.run_config import resume_changes
 
@@ -77,9 +84,14 @@ def make_accelerator(cfg: RunConfig, model_cfg: ModelConfig) -> Accelerator:
         trackers.append("wandb")
     if cfg.log.tensorboard:
         trackers.append("tensorboard")
-    # gloo: DeepSpeed on CPU needs it (ENVIRONMENT.md); NCCL is chosen as usual on GPUs.
+    # gloo: DeepSpeed on CPU needs it (ENVIRONMENT.md); NCCL is chosen as usual on GPUs. Every collective fails
+    # after faults.collective_timeout_s: a dead or hung rank ends the others (train/preemption.py).
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    kwargs = [InitProcessGroupKwargs(backend="gloo")] if distributed and not torch.cuda.is_available() else []
+    group = InitProcessGroupKwargs(**({"backend": "gloo"} if distributed and not torch.cuda.is_available() else {}),
+                                   timeout=timedelta(seconds=cfg.faults.collective_timeout_s))
+    if "timeout" not in group.to_kwargs():  # accelerate drops one equal to its default (600 s): gloo would wait 30 min
+        group.timeout += timedelta(microseconds=1)
+    kwargs = [group]
     # Without a GPU, `cpu=True` makes a multi-GPU launch run on CPUs; but it would also switch
     # DeepSpeed off, which runs on CPUs by itself.
     deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
@@ -122,8 +134,12 @@ def prepare_run_dir(cfg: RunConfig, accelerator) -> Path:
 
 def check_resume_settings(cfg: RunConfig, run_dir: Path, settings: str, accelerator) -> None:
     """Refuse a resume whose settings change what its checkpoint's state means (train/run_config.py);
-    say which harmless ones changed."""
-    checkpoint = resolve_resume(cfg.resume, run_dir)
+    say which harmless ones changed. The checkpoint is chosen here, once: resume=auto takes the newest one
+    whose files validate (train/checkpoint.py; a damaged one is passed over and said), an explicit one
+    must validate. Validation reads every byte, so `cfg.resume` is set to the choice (its path, or never),
+    which `resume_run` loads; config.yaml keeps the setting as launched."""
+    checkpoint = resolve_resume(cfg.resume, run_dir, accelerator, say=accelerator.print)
+    cfg.resume = str(checkpoint) if checkpoint is not None else "never"
     if checkpoint is None:
         return
     saved = saved_config(checkpoint)
@@ -247,9 +263,9 @@ def make_evaluator(cfg: RunConfig, run_dir: Path, accelerator, processor,
 
 def resume_run(cfg: RunConfig, accelerator, run_dir: Path, sampler, evaluator, engine) -> tuple[int, SkippedClips]:
     """Restore model/optimizer/RNG, the schedule, the sampler position and the evaluator's history from
-    the checkpoint `cfg.resume` names (auto: the newest complete one; its settings were checked by
-    `prepare_run_dir`); (step, skipped clips) to go on from. The run starts here: its config.yaml is written."""
-    path = resolve_resume(cfg.resume, run_dir)
+    the checkpoint `cfg.resume` names (`prepare_run_dir` chose it, validated its files and checked its
+    settings); (step, skipped clips) to go on from. The run starts here: its config.yaml is written."""
+    path = resolve_resume(cfg.resume, run_dir, accelerator, validate=False)
     if path is None:
         record_settings(accelerator, run_dir)
         return 0, SkippedClips(accelerator, run_dir)
@@ -334,10 +350,20 @@ def next_batches(data, count: int, skipped: SkippedClips, step: int) -> list[dic
 
 
 def inject_faults(engine, accelerator, step: int) -> None:
-    """Fault injection for the tests: ARK_OPD_KILL_AT_STEP=N kills the process at step N (after its
-    rollouts, before its update); ARK_OPD_NAN_AT_STEP=N gives the last rank a NaN loss at step N."""
-    if step == int(os.environ.get("ARK_OPD_KILL_AT_STEP", "0")):
-        os.kill(os.getpid(), signal.SIGKILL)
+    """Fault injection for the tests, at step N after its rollouts, before its update: ARK_OPD_KILL_AT_STEP=N
+    kills the process (SIGKILL); ARK_OPD_SIGNAL_AT_STEP=N sends it ARK_OPD_SIGNAL (default SIGTERM), or sends
+    it to the launcher (the parent process) with ARK_OPD_SIGNAL_TO=launcher;
+    ARK_OPD_HANG_AT_STEP=N makes it hang (sleep for an hour); each on every rank, or on ARK_OPD_FAULT_RANK
+    only. ARK_OPD_NAN_AT_STEP=N gives the last rank a NaN loss at step N."""
+    env = os.environ.get
+    if env("ARK_OPD_FAULT_RANK", str(accelerator.process_index)) == str(accelerator.process_index):
+        if step == int(env("ARK_OPD_KILL_AT_STEP", "0")):
+            os.kill(os.getpid(), signal.SIGKILL)
+        if step == int(env("ARK_OPD_SIGNAL_AT_STEP", "0")):
+            to = os.getppid() if env("ARK_OPD_SIGNAL_TO") == "launcher" else os.getpid()
+            os.kill(to, signal.Signals[env("ARK_OPD_SIGNAL", "SIGTERM")])
+        if step == int(env("ARK_OPD_HANG_AT_STEP", "0")):
+            time.sleep(3600)
     engine.inject_nonfinite = step == int(os.environ.get("ARK_OPD_NAN_AT_STEP", "0")) and \
         accelerator.process_index == accelerator.num_processes - 1
 
@@ -347,6 +373,40 @@ def stop_if_nonfinite(nonfinite_run: int, cfg: RunConfig, step: int, run_dir: Pa
     if nonfinite_run >= cfg.max_nonfinite_in_a_row:
         raise RuntimeError(f"{nonfinite_run} non-finite losses in a row at step {step}; the last good "
                            f"checkpoint in {run_dir / 'checkpoints'} is intact")
+
+
+def preemption_watch(cfg: RunConfig, accelerator, run_dir: Path) -> Preemption:
+    """`with preemption_watch(...) as preempt:` around the training loop: each of `faults.signals` is noted, and
+    `stop_if_preempted` stops every rank after the same step (train/preemption.py)."""
+    return Preemption(cfg.faults.signals, accelerator, run_dir)
+
+
+def stop_if_preempted(preempt: Preemption, cfg: RunConfig, accelerator, run_dir: Path, step: int, engine, sampler,
+                      last_batch, evaluator, skipped: SkippedClips, log) -> None:
+    """Collective, after `step`, its dev evaluation and checkpoint: if any rank received one of `faults.signals`,
+    every rank stops here: the checkpoint of this step (unless it was due anyway), the metrics log and
+    trackers closed, one line, exit status 75 (Preempted). No final model: the run is not finished."""
+    stop = preempt.agreed(step)
+    if stop is None:
+        return
+    if not checkpoint_due(cfg, step):  # checkpoint.on_error is not for this one: a failure to write it is raised
+        save_run_checkpoint(accelerator, run_dir, step, engine, sampler, last_batch, evaluator, skipped,
+                            cfg.checkpoint.keep_last)
+    accelerator.wait_for_everyone()
+    checkpoint = run_dir / "checkpoints" / f"step-{step}"
+    # (a checkpoint due at this step that could not be written, under checkpoint.on_error=continue, was said)
+    saved = f"checkpoint {checkpoint} written" if (checkpoint / STATE_FILE).is_file() else \
+        f"checkpoint {checkpoint} could not be written (said above): the newest complete one is resumed"
+    ranks = ", ".join(map(str, stop.ranks))
+    line = (f"preempted by {stop.signal} (received by rank{'s' if len(stop.ranks) > 1 else ''} {ranks}) at step "
+            f"{step}: {saved}; resume with resume=auto (exit status {PREEMPTED_EXIT_CODE})")
+    log.close()
+    accelerator.print(line, flush=True)
+    raise Preempted(line)
+
+
+def checkpoint_due(cfg: RunConfig, step: int) -> bool:
+    return step % cfg.checkpoint.every == 0 or step == cfg.max_steps
 
 
 @contextlib.contextmanager
@@ -382,9 +442,9 @@ def evaluate_and_checkpoint(cfg: RunConfig, accelerator, run_dir: Path, step: in
     before the checkpoint is written)."""
     if cfg.eval.every and evaluator.due(step):
         run_dev_eval(evaluator, step, engine, processor, cfg, accelerator, skipped)
-    if step % cfg.checkpoint.every == 0 or step == cfg.max_steps:
+    if checkpoint_due(cfg, step):
         save_run_checkpoint(accelerator, run_dir, step, engine, sampler, last_batch, evaluator, skipped,
-                            cfg.checkpoint.keep_last)
+                            cfg.checkpoint.keep_last, cfg.checkpoint.on_error)
 
 
 def finish_run(cfg: RunConfig, accelerator, run_dir: Path, step: int, engine, processor, evaluator, log,
@@ -400,7 +460,11 @@ def finish_run(cfg: RunConfig, accelerator, run_dir: Path, step: int, engine, pr
         skipped.flush()
         checkpoint = run_dir / "checkpoints" / f"step-{step}"
         if accelerator.is_main_process and (checkpoint / STATE_FILE).is_file():
-            update_trainer_state(checkpoint, evaluator=evaluator.state_dict(), skipped_lines=skipped.lines)
+            try:  # a full disk here costs the checkpoint its record of this evaluation, not the run
+                update_trainer_state(checkpoint, evaluator=evaluator.state_dict(), skipped_lines=skipped.lines)
+            except Exception as err:  # noqa: BLE001
+                print(f"warning: {checkpoint / STATE_FILE} keeps its state without the step-{step} evaluation "
+                      f"({type(err).__name__}: {err})", flush=True)
         accelerator.wait_for_everyone()
     save_final(accelerator, engine.model, processor, run_dir, DTYPES[model_cfg.dtype])
     log.close()
@@ -423,15 +487,34 @@ def decoding_sync(accelerator):
 
 def run_dev_eval(evaluator, step, engine, processor, cfg, accelerator, skipped: SkippedClips | None = None
                  ) -> dict | None:
+    """The dev evaluation of `step` (collective); rank 0 gets the report. Unusable dev clips are skipped and
+    counted (skipped.jsonl). An error, on any rank, is agreed on by all: rank 0 prints its traceback, naming the
+    step and the rank, and adds an eval_error line to metrics.jsonl; training goes on (None), or with
+    eval.fail_fast=true every rank raises it."""
     model = unwrap_student(accelerator.unwrap_model(engine.model))
     was_training = model.training
     model.eval()
-    report = evaluator.evaluate(step, StudentTranscriber(model, processor, max_new_tokens=cfg.eval.max_new_tokens,
-                                                         language_prompt=cfg.eval.language_prompt,
-                                                         generate_options={"all_done": decoding_sync(accelerator),
-                                                                           "decoder": engine.decoder}),
-                                model=model)
-    model.train(was_training)
+    report, error = None, None
+    try:
+        report = evaluator.evaluate(step, StudentTranscriber(
+            model, processor, max_new_tokens=cfg.eval.max_new_tokens, language_prompt=cfg.eval.language_prompt,
+            generate_options={"all_done": decoding_sync(accelerator), "decoder": engine.decoder}), model=model)
+    except Exception as err:  # noqa: BLE001 - said and recorded below; fatal only with eval.fail_fast
+        error = err
+    finally:
+        model.train(was_training)
+    failures = evaluation_failures(accelerator, error)
+    if failures:
+        said = "; ".join(f"rank {f['rank']}: {f['error']}" for f in failures)
+        if accelerator.is_main_process:
+            print(f"error: dev evaluation at step {step} failed ("
+                  + ("eval.fail_fast=true: the run stops" if cfg.eval.fail_fast else
+                     "training goes on; eval.fail_fast=true would stop the run") + "):\n"
+                  + "".join(f"rank {f['rank']}, {f['traceback']}" for f in failures), file=sys.stderr, flush=True)
+        log_event(accelerator, evaluator.run_dir, step, eval_error=said)
+        if cfg.eval.fail_fast:
+            raise error if error is not None else EvaluationError(step, failures)
+        return None
     if skipped is not None:
         skipped.add(step, "dev", evaluator.skipped_clips)
     if report is not None and accelerator.log_with:  # eval/history.jsonl keeps them in the run folder
@@ -439,17 +522,51 @@ def run_dev_eval(evaluator, step, engine, processor, cfg, accelerator, skipped: 
     return report
 
 
+def evaluation_failures(accelerator, error: Exception | None) -> list[dict]:
+    """Collective: every rank's evaluation failure ({rank, error, traceback}), the same list on every rank."""
+    if isinstance(error, EvaluationError):  # raised on every rank alike: the ranks agree already
+        mine = error.failures
+    elif error is not None:  # on this rank only (rank 0 writing the report, say)
+        mine = [{"rank": accelerator.process_index, "error": f"{type(error).__name__}: {error}",
+                 "traceback": "".join(traceback.format_exception(error))}]
+    else:
+        mine = []
+    every = gather_object([mine]) if accelerator.num_processes > 1 else [mine]
+    unique = {(f["rank"], f["error"]): f for failures in every for f in failures}
+    return [unique[key] for key in sorted(unique)]
+
+
+def log_event(accelerator, run_dir: Path, step: int, **entry) -> None:
+    """A line in metrics.jsonl (train/run_log.py's file) for something that went wrong and was survived:
+    {step, eval_error} or {step, checkpoint_error}."""
+    if accelerator.is_main_process:
+        with open(Path(run_dir) / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"step": step, **entry}) + "\n")
+
+
 def save_run_checkpoint(accelerator, run_dir: Path, step: int, engine, sampler, last_batch, evaluator, skipped,
-                        keep_last: int) -> Path:
+                        keep_last: int, on_error: str = "stop") -> Path | None:
     """Everything `resume_run` needs: the engines' state (model with its float32 masters, optimizer,
     RNG), the schedule's position, where the data stands after `last_batch`, and skipped.jsonl's lines
-    (written first)."""
+    (written first). A checkpoint that cannot be written (CheckpointWriteError: its partial files removed,
+    the older ones intact) stops the run, or with on_error=continue is said, recorded in metrics.jsonl
+    as checkpoint_error, and tried again at the next checkpoint (None)."""
     skipped.flush()
-    return save_checkpoint(accelerator, run_dir, step, {"engine": engine.state_dict(),
-                                                        "sampler": sampler.state_dict(after=last_batch),
-                                                        "evaluator": evaluator.state_dict(),
-                                                        "skipped": dict(skipped.counts),
-                                                        "skipped_lines": skipped.lines}, keep_last)
+    try:
+        return save_checkpoint(accelerator, run_dir, step, {"engine": engine.state_dict(),
+                                                            "sampler": sampler.state_dict(after=last_batch),
+                                                            "evaluator": evaluator.state_dict(),
+                                                            "skipped": dict(skipped.counts),
+                                                            "skipped_lines": skipped.lines}, keep_last)
+    except CheckpointWriteError as err:
+        if on_error == "stop":
+            raise CheckpointWriteError(f"{err}. The run stops (checkpoint.on_error=stop): free some space and "
+                                       "resume (resume=auto), or set checkpoint.on_error=continue to train on "
+                                       "and retry at the next checkpoint") from err.__cause__
+        accelerator.print(f"warning: {err}. Training goes on (checkpoint.on_error=continue); the next "
+                          "checkpoint tries again", flush=True)
+        log_event(accelerator, run_dir, step, checkpoint_error=str(err))
+        return None
 
 
 def save_final(accelerator, student, processor, run_dir: Path, dtype: torch.dtype) -> None:
@@ -461,15 +578,16 @@ def save_final(accelerator, student, processor, run_dir: Path, dtype: torch.dtyp
         state_dict = student_state_dict(state_dict)
     digests = gather_object([parameter_digest(state_dict)]) if accelerator.num_processes > 1 else [
         parameter_digest(state_dict)]
-    if accelerator.is_main_process:
-        state_dict = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
+
+    def write(folder: Path) -> None:  # rank 0 (write_final: a failed write is said on every rank, nothing kept)
+        cast = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
         with no_shard_bar():
-            save_student(unwrap_student(accelerator.unwrap_model(student)), processor, run_dir / "final",
-                         state_dict=state_dict)
-        (run_dir / "final" / "rank_digests.json").write_text(json.dumps(digests))
-        if not is_zero3(accelerator) and len(set(digests)) > 1:  # under ZeRO-3 only rank 0 has them whole
-            raise RuntimeError(f"data-parallel ranks ended with different parameters: {digests}")
-    accelerator.wait_for_everyone()
+            save_student(unwrap_student(accelerator.unwrap_model(student)), processor, folder, state_dict=cast)
+        (folder / "rank_digests.json").write_text(json.dumps(digests))
+
+    write_final(accelerator, run_dir, write)
+    if not is_zero3(accelerator) and len(set(digests)) > 1:  # under ZeRO-3 only rank 0 has them whole
+        raise RuntimeError(f"data-parallel ranks ended with different parameters: {digests}")
 
 
 def parameter_digest(state_dict: dict | None) -> str:

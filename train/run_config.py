@@ -23,13 +23,13 @@ RESUMABLE = (
     "resume",
     "max_steps",  # extending a run (under a cosine schedule the curve follows the new length: said in the log)
     "max_nonfinite_in_a_row",  # when to give up, not what a step does
-    "checkpoint.every",
-    "checkpoint.keep_last",
+    "checkpoint.*",  # when checkpoints are written, how many are kept, what a failed write does
     "data.num_workers",  # loader processes; the sampler alone decides the batches
     "data.keep_audio",  # raw audio in the batches or not (the recipe turns it on where a teacher needs it)
     "eval.*",  # cadence and settings of the dev evaluation
     "log.*",
     "decode.*",  # which decoding engine runs the rollouts and the dev evaluation
+    "faults.*",  # which signals stop the run cleanly, how long a collective waits: how, not what, it computes
     "teacher.rows_per_forward",  # memory only: the teacher's rows per forward, same scores
     "optim.logits_chunk",  # memory only: the scored head's chunking, same loss and gradients
 )

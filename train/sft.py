@@ -42,12 +42,14 @@ from train.recipe import (  # noqa: E402
     make_evaluator,
     next_batches,
     no_zero3_init,
+    preemption_watch,
     prepare_run_dir,
     read_run_manifests,
     refuse_zero3_with_tied_embeddings,
     resume_run,
     settle_prompting,
     stop_if_nonfinite,
+    stop_if_preempted,
     student_model_config,
 )
 from train.run_log import RunLog  # noqa: E402
@@ -80,21 +82,24 @@ def main(cfg: SFTConfig) -> dict:
     log = RunLog(accelerator, run_dir, cfg.max_steps, step, cfg.log, config_to_dict(cfg), desc="sft")
     evaluate_at_start(cfg, accelerator, step, engine, processor, evaluator, skipped)  # eval.on_start
     data = batches_forever(loader)
-    while step < cfg.max_steps:
-        step += 1
-        started = time.perf_counter()
-        batches = next_batches(data, cfg.optim.grad_accum, skipped, step)
-        inject_faults(engine, accelerator, step)
-        lr = engine.lr  # this update's
-        stats = sft_update(engine, batches, ctc_weight=cfg.ctc.weight, eos_token_ids=processor.eos_token_ids,
-                           chunk=cfg.optim.logits_chunk)
-        last_batch = (batches[-1]["epoch"], batches[-1]["position"])
-        nonfinite_run = nonfinite_run + 1 if stats["nonfinite"] else 0
-        log.log(step, {**stats, "lr": lr, "step_seconds": time.perf_counter() - started,
-                       "samples": float(sum(b["size"] for b in batches)), "skipped_files": skipped.total})
-        stop_if_nonfinite(nonfinite_run, cfg, step, run_dir)
-        evaluate_and_checkpoint(cfg, accelerator, run_dir, step, engine, processor, evaluator, sampler, last_batch,
-                                skipped)
+    with preemption_watch(cfg, accelerator, run_dir) as preempt:  # faults.signals: stop after a whole step
+        while step < cfg.max_steps:
+            step += 1
+            started = time.perf_counter()
+            batches = next_batches(data, cfg.optim.grad_accum, skipped, step)
+            inject_faults(engine, accelerator, step)
+            lr = engine.lr  # this update's
+            stats = sft_update(engine, batches, ctc_weight=cfg.ctc.weight, eos_token_ids=processor.eos_token_ids,
+                               chunk=cfg.optim.logits_chunk)
+            last_batch = (batches[-1]["epoch"], batches[-1]["position"])
+            nonfinite_run = nonfinite_run + 1 if stats["nonfinite"] else 0
+            log.log(step, {**stats, "lr": lr, "step_seconds": time.perf_counter() - started,
+                           "samples": float(sum(b["size"] for b in batches)), "skipped_files": skipped.total})
+            stop_if_nonfinite(nonfinite_run, cfg, step, run_dir)
+            evaluate_and_checkpoint(cfg, accelerator, run_dir, step, engine, processor, evaluator, sampler,
+                                    last_batch, skipped)
+            stop_if_preempted(preempt, cfg, accelerator, run_dir, step, engine, sampler, last_batch, evaluator,
+                              skipped, log)
     return finish_run(cfg, accelerator, run_dir, step, engine, processor, evaluator, log, skipped, model_cfg)
 
 

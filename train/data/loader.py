@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import torch
 from torch.utils.data import DataLoader, Dataset
 
 from train.config import ConfigError, DataConfig, SourceConfig
@@ -158,4 +159,7 @@ def make_loader(sources: list[SourceConfig], processor: ArkProcessor, data: Data
                                    max_batch_tokens=data.max_batch_tokens)
     dataset = UtteranceDataset(utterances, AudioLimits(data.min_seconds, data.max_seconds))
     collator = Collator(processor, language_prompt=data.language_prompt, keep_audio=data.keep_audio)
-    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collator, num_workers=data.num_workers)
+    # Its own generator: each new iterator (every epoch, and a resumed run's first) draws its workers' base
+    # seed from it, not from the global torch RNG, which a checkpoint saves and a resume must find unchanged.
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collator, num_workers=data.num_workers,
+                      generator=torch.Generator().manual_seed(seed))

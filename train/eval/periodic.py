@@ -4,18 +4,29 @@ Rank 0 writes `eval/step-N.json` (the same report shape as train/evaluate.py), a
 per-language error rates and fidelity to `eval/history.jsonl`, keeps the best step by the average
 error rate over languages, and redraws `plots/dev_error_rate.png` (`plot_history`: the average bold,
 one faint line per language named at its end). The clips it could not use are in `skipped_clips`
-(rank 0), for the run's skipped.jsonl (train/recipe.py).
+(rank 0), for the run's skipped.jsonl (train/recipe.py). An error on one rank is raised on every rank
+(`EvaluationError`), the ranks kept in step (train/recipe.py's run_dev_eval decides what follows).
 """
 
 from __future__ import annotations
 
 import json
+import traceback
 from pathlib import Path
 
 from train.data.audio import AudioLimits
 from train.data.manifest import Utterance, read_manifest
 from train.eval.report import average_rate, score_by_language
 from train.eval.timed import Transcriber, timed_transcription
+
+
+class EvaluationError(RuntimeError):
+    """A dev evaluation failed on some rank; every rank raises it. `failures`: [{rank, error, traceback}]."""
+
+    def __init__(self, step: int, failures: list[dict]):
+        super().__init__(f"dev evaluation at step {step} failed on "
+                         + "; ".join(f"rank {f['rank']}: {f['error']}" for f in failures))
+        self.step, self.failures = step, failures
 
 
 class PeriodicEvaluator:
@@ -64,27 +75,51 @@ class PeriodicEvaluator:
     def evaluate(self, step: int, transcriber: Transcriber, model=None) -> dict | None:
         """Evaluate this rank's shard of every dev manifest; on rank 0 return the report (others: None).
         With `model` and a listening probe, the own- vs swapped-audio loss gap goes in the report too
-        (every rank runs the probe: ZeRO-3 forwards are collective)."""
+        (every rank runs the probe: ZeRO-3 forwards are collective).
+        An error on one rank raises EvaluationError on every rank, naming it: that rank still takes its part in
+        each collective the others reach (a batch-count reduce per manifest, then the gather), so none is left
+        waiting. Not covered: an error inside a forward that is itself collective (ZeRO-3, FSDP), which holds
+        the other ranks until the collective timeout (faults.collective_timeout_s)."""
         rank, world = self._rank_world
-        listening = self.listening(model) if self.listening is not None and model is not None else None
-        rows = []
-        for spec, utterances in self.manifests.items():
-            shard: list[Utterance] = utterances[rank::world]
-            result = timed_transcription(transcriber, shard, batch_size=self.batch_size, limits=self.limits,
-                                         warmup_batches=0, equal_batches=self._max_over_ranks)
-            rows.append({"spec": spec, "rank": rank, "refs": result.references, "hyps": result.hypotheses,
-                         "languages": result.languages, "skipped": {k: dict(v) for k, v in
-                                                                    result.skipped_by_language.items()},
-                         "audio_seconds": result.audio_seconds, "seconds": result.transcription_seconds,
-                         "skipped_clips": [{"id": c.id, "audio": c.audio, "reason": c.reason, "detail": c.detail}
-                                           for c in result.skipped_clips]})
-        gathered = self._gather(rows)
+        reduces = 0
+
+        def equal_batches(local: int) -> int:
+            nonlocal reduces
+            reduces += 1
+            return self._max_over_ranks(local)
+
+        rows, failure, error = [], None, None
+        try:
+            listening = self.listening(model) if self.listening is not None and model is not None else None
+            for spec, utterances in self.manifests.items():
+                rows.append(self._evaluate_shard(spec, utterances[rank::world], transcriber, equal_batches))
+        except Exception as err:  # noqa: BLE001 - raised below on every rank, once the ranks are in step
+            error, failure = err, {"rank": rank, "error": f"{type(err).__name__}: {err}",
+                                   "traceback": traceback.format_exc()}
+            for _ in range(len(self.manifests) - reduces):  # the reduces the other ranks still make
+                self._max_over_ranks(0)
+        gathered = self._gather(rows + ([{"failure": failure}] if failure else []))
+        failures = [r["failure"] for r in gathered if "failure" in r]
+        if failures:
+            raise EvaluationError(step, failures) from error
         self.last_step = step
         if rank != 0:
             self.skipped_clips = []
             return None
         self.skipped_clips = [clip for r in gathered for clip in r["skipped_clips"]]
         return self._record(step, gathered, listening)
+
+    def _evaluate_shard(self, spec: str, shard: list[Utterance], transcriber: Transcriber, equal_batches) -> dict:
+        """This rank's row of one manifest: references, hypotheses, skips and timing of its `shard`."""
+        rank = self._rank_world[0]
+        result = timed_transcription(transcriber, shard, batch_size=self.batch_size, limits=self.limits,
+                                     warmup_batches=0, equal_batches=equal_batches)
+        return {"spec": spec, "rank": rank, "refs": result.references, "hyps": result.hypotheses,
+                "languages": result.languages,
+                "skipped": {k: dict(v) for k, v in result.skipped_by_language.items()},
+                "audio_seconds": result.audio_seconds, "seconds": result.transcription_seconds,
+                "skipped_clips": [{"id": c.id, "audio": c.audio, "reason": c.reason, "detail": c.detail}
+                                  for c in result.skipped_clips]}
 
     def _record(self, step: int, rows: list[dict], listening: dict | None = None) -> dict:
         report = {"step": step, "manifests": {}}
