@@ -3,10 +3,11 @@
     python scripts/toy_report.py --runs runs/toy
 
 Reads RUNS/eval/<model>.hyps.jsonl (train/evaluate.py --hyps) for teacher, base, td, opd, td_opd
-(whichever exist), RUNS/<stage>/eval/history.jsonl for the dev curves and RUNS/wall_times/.
-Writes RUNS/report.md (error rates per language and on average: CER for zh/ja/ko, WER and CER
-elsewhere; the share of the Base->Teacher gap each method closes; language fidelity; wall time
-per stage) and RUNS/dev_curves.png (dev error rate over student updates for TD and OPD).
+(whichever exist; each may hold several manifests), RUNS/<stage>/eval/history.jsonl for the dev curves
+and RUNS/wall_times/. Writes RUNS/report.md (for each manifest: error rates per language and on
+average, CER for zh/ja/ko, WER and CER elsewhere; the share of the Base->Teacher gap each method
+closes; word error kinds; language fidelity; then wall time per stage), RUNS/report.json (the same
+numbers, under "manifests") and RUNS/dev_curves.png (dev error rate over student updates).
 """
 
 from __future__ import annotations
@@ -29,22 +30,25 @@ MODELS = {"teacher": "Teacher", "base": "Base", "td": "Base+TD", "opd": "Base+OP
 CURVES = {"td": "Base+TD", "opd": "Base+OPD", "td_opd": "Base+TD+OPD (updates after TD's)"}
 
 
-def _rows(path: Path) -> dict[str, list[dict]]:
-    by_language = defaultdict(list)
+def _rows(path: Path) -> dict[str, dict[str, list[dict]]]:
+    """{manifest: {language: rows}} of a hypotheses file, manifests in the order they first appear."""
+    by_manifest: dict[str, dict[str, list[dict]]] = {}
     for line in path.read_text(encoding="utf-8").splitlines():
         row = json.loads(line)
-        by_language[row["language"]].append(row)
-    return dict(by_language)
+        by_manifest.setdefault(row.get("manifest", "the evaluation manifest"), defaultdict(list))[
+            row["language"]].append(row)
+    return {manifest: dict(by_language) for manifest, by_language in by_manifest.items()}
 
 
 WORD_COUNTS = ("substitutions", "deletions", "insertions", "ref_len")
 
 
-def score(path: Path) -> dict[str, dict]:
-    """{language: {primary, wer, cer, fidelity, words}}: primary is CER for zh/ja/ko, WER elsewhere;
-    words holds the word-level substitutions, deletions, insertions and reference length (WER languages)."""
+def score(by_language: dict[str, list[dict]]) -> dict[str, dict]:
+    """{language: {primary, wer, cer, fidelity, words}} of one manifest's rows: primary is CER for zh/ja/ko,
+    WER elsewhere; words holds the word-level substitutions, deletions, insertions and reference length (WER
+    languages)."""
     out = {}
-    for language, rows in sorted(_rows(path).items()):
+    for language, rows in sorted(by_language.items()):
         refs, hyps = [r["reference"] for r in rows], [r["hypothesis"] for r in rows]
         cer = error_rates(refs, hyps, language, metric="cer")["rate"]
         words = None if language in CHARACTER_LANGUAGES else error_rates(refs, hyps, language, metric="wer")
@@ -78,16 +82,59 @@ def _pct(x) -> str:
 
 
 def build_report(runs: Path) -> tuple[str, dict]:
-    scores = {m: score(runs / "eval" / f"{m}.hyps.jsonl") for m in MODELS if (runs / "eval" / f"{m}.hyps.jsonl").exists()}
-    if not scores:
+    """The report's text and data: one section per evaluation manifest (a model's hypotheses file may hold
+    several, as `make demo` evaluates on dev and test at once), then the diagnostics, wall times and curves."""
+    hyps = {m: _rows(runs / "eval" / f"{m}.hyps.jsonl") for m in MODELS if (runs / "eval" / f"{m}.hyps.jsonl").exists()}
+    if not hyps:
         raise FileNotFoundError(f"{runs}/eval: no <model>.hyps.jsonl from train/evaluate.py --hyps")
+    manifests = list(dict.fromkeys(manifest for by_manifest in hyps.values() for manifest in by_manifest))
+    lines, data = [], {"manifests": {}}
+    for manifest in manifests:
+        scores = {m: score(by_manifest[manifest]) for m, by_manifest in hyps.items() if manifest in by_manifest}
+        section, data["manifests"][manifest] = manifest_section(manifest, scores)
+        lines += section + [""]
+    names = list(hyps)
+    diagnostics = {m: json.loads((runs / "diagnostics" / f"{m}.json").read_text()) for m in MODELS
+                   if (runs / "diagnostics" / f"{m}.json").exists()}
+    if diagnostics:
+        lines += ["The teacher's view of each student's own greedy transcripts of dev clips "
+                  "(scripts/opd_diagnostics.py), which is what OPD learns from:", "",
+                  "| student | teacher log-prob of the student's tokens | teacher's argmax = student's token | "
+                  "teacher's argmax is to end where the student ends | characters per clip: student / teacher / "
+                  "reference | spaces per clip: teacher expects / student expects / student writes / reference | "
+                  "next-token entropy, student / teacher (nats) |", "|---|---:|---:|---:|---|---|---|"]
+        for m, d in diagnostics.items():
+            chars, spaces, entropy = d["chars_per_clip"], d.get("spaces_per_clip"), d.get("entropy_nats")
+            space_cell = "–" if not spaces else " / ".join(f"{spaces[k]:.2f}" for k in (
+                "teacher_expected", "student_expected", "student_written", "reference"))
+            lines.append(f"| {MODELS[m]} | {d['teacher_logp_of_student_tokens']:.2f} | "
+                         f"{_pct(d['teacher_argmax_is_student_token'])} % | "
+                         f"{_pct(d['teacher_argmax_is_end_where_student_ends'])} % | "
+                         f"{chars['student']:.1f} / {chars['teacher']:.1f} / {chars['reference']:.1f} | {space_cell} | "
+                         + ("–" if not entropy else f"{entropy['student']:.2f} / {entropy['teacher']:.2f}") + " |")
+        lines.append("")
+    times = wall_times(runs)
+    if times:
+        total = times.pop("this_invocation", None)
+        lines += ["Wall time per stage:", "", "| stage | wall time |", "|---|---:|"]
+        lines += [f"| {stage} | {seconds / 60:.1f} min |" for stage, seconds in times.items()]
+        if total is not None:
+            lines.append(f"| whole script, start to end | {total / 60:.1f} min |")
+        lines.append("")
+    if plot_dev_curves(runs, runs / "dev_curves.png"):
+        lines += ["![dev error rate over student updates](dev_curves.png)", ""]
+    data["models"] = names
+    return "\n".join(lines).rstrip("\n") + "\n", data
+
+
+def manifest_section(manifest: str, scores: dict[str, dict]) -> tuple[list[str], dict]:
+    """The tables of one evaluation manifest: error rates per language and on average, the share of the
+    Base->Teacher gap each method closes, word error kinds; and their data."""
     names = list(scores)
     languages = sorted({lang for s in scores.values() for lang in s})
     summary = {m: {"primary": mean(s[lang]["primary"] for lang in s), "cer": mean(s[lang]["cer"] for lang in s),
                    "wer": mean(s[lang]["wer"] for lang in s), "fidelity": mean(s[lang]["fidelity"] for lang in s)}
                for m, s in scores.items()}
-    first = next(iter((runs / "eval").glob("*.hyps.jsonl"))).read_text(encoding="utf-8").splitlines()[0]
-    manifest = json.loads(first).get("manifest", "the evaluation manifest")
     lines = [f"Error rates in % on `{manifest}` (CER for zh/ja/ko; WER / CER elsewhere). Lower is better.", "",
              "| language | " + " | ".join(MODELS[m] for m in names) + " |",
              "|---|" + "---:|" * len(names)]
@@ -103,8 +150,8 @@ def build_report(runs: Path) -> tuple[str, dict]:
     lines.append("| language fidelity | " + " | ".join(_pct(summary[m]["fidelity"]) for m in names) + " |")
     gaps = {}
     if "base" in summary and "teacher" in summary:
-        lines += ["", "Share of the Base→Teacher gap closed, (base − method) / (base − teacher):", "",
-                  "| method | average primary metric | average CER |", "|---|---:|---:|"]
+        lines += ["", f"Share of the Base→Teacher gap closed on `{manifest}`, (base − method) / (base − teacher):",
+                  "", "| method | average primary metric | average CER |", "|---|---:|---:|"]
         for m in names:
             if m in ("base", "teacher"):
                 continue
@@ -113,40 +160,13 @@ def build_report(runs: Path) -> tuple[str, dict]:
             lines.append(f"| {MODELS[m]} | {_pct(gaps[m]['primary'])} % | {_pct(gaps[m]['cer'])} % |")
     kinds = {m: word_error_kinds(scores[m]) for m in names}
     n_wer = sum(r["words"] is not None for r in scores[names[0]].values())
-    lines += ["", f"Word errors summed over the languages scored by WER ({n_wer}), which is what moves the WER:", "",
+    lines += ["", f"Word errors on `{manifest}` summed over the languages scored by WER ({n_wer}), which is what "
+              "moves the WER:", "",
               "| model | substitutions | deletions | insertions | words written / in the references |",
               "|---|---:|---:|---:|---|"]
     lines += [f"| {MODELS[m]} | {k['substitutions']} | {k['deletions']} | {k['insertions']} | "
               f"{k['hyp_len']} / {k['ref_len']} |" for m, k in kinds.items()]
-    diagnostics = {m: json.loads((runs / "diagnostics" / f"{m}.json").read_text()) for m in MODELS
-                   if (runs / "diagnostics" / f"{m}.json").exists()}
-    if diagnostics:
-        lines += ["", "The teacher's view of each student's own greedy transcripts of dev clips "
-                  "(scripts/opd_diagnostics.py), which is what OPD learns from:", "",
-                  "| student | teacher log-prob of the student's tokens | teacher's argmax = student's token | "
-                  "teacher's argmax is to end where the student ends | characters per clip: student / teacher / "
-                  "reference | spaces per clip: teacher expects / student expects / student writes / reference | "
-                  "next-token entropy, student / teacher (nats) |", "|---|---:|---:|---:|---|---|---|"]
-        for m, d in diagnostics.items():
-            chars, spaces, entropy = d["chars_per_clip"], d.get("spaces_per_clip"), d.get("entropy_nats")
-            space_cell = "–" if not spaces else " / ".join(f"{spaces[k]:.2f}" for k in (
-                "teacher_expected", "student_expected", "student_written", "reference"))
-            lines.append(f"| {MODELS[m]} | {d['teacher_logp_of_student_tokens']:.2f} | "
-                         f"{_pct(d['teacher_argmax_is_student_token'])} % | "
-                         f"{_pct(d['teacher_argmax_is_end_where_student_ends'])} % | "
-                         f"{chars['student']:.1f} / {chars['teacher']:.1f} / {chars['reference']:.1f} | {space_cell} | "
-                         + ("–" if not entropy else f"{entropy['student']:.2f} / {entropy['teacher']:.2f}") + " |")
-    times = wall_times(runs)
-    if times:
-        total = times.pop("this_invocation", None)
-        lines += ["", "Wall time per stage:", "", "| stage | wall time |", "|---|---:|"]
-        lines += [f"| {stage} | {seconds / 60:.1f} min |" for stage, seconds in times.items()]
-        if total is not None:
-            lines.append(f"| whole script, start to end | {total / 60:.1f} min |")
-    if plot_dev_curves(runs, runs / "dev_curves.png"):
-        lines += ["", "![dev error rate over student updates](dev_curves.png)"]
-    return "\n".join(lines) + "\n", {"summary": summary, "gap_closed": gaps, "word_errors": kinds,
-                                     "languages": scores}
+    return lines, {"summary": summary, "gap_closed": gaps, "word_errors": kinds, "languages": scores}
 
 
 def wall_times(runs: Path) -> dict[str, int]:

@@ -41,7 +41,7 @@ def test_table_and_gap_closed(tmp_path):
                                                                               "reference": 14.5},
         "spaces_per_clip": {"teacher_expected": 2.5, "student_expected": 2.0, "student_written": 2.0, "reference": 2.25},
         "entropy_nats": {"student": 0.8, "teacher": 1.25}}))
-    data = _report_module().main(["--runs", str(tmp_path)])
+    data = _report_module().main(["--runs", str(tmp_path)])["manifests"]["test.jsonl"]
     primary = {m: (error_rates(REFS["en"], HYPS[m]["en"], "en", metric="wer")["rate"]
                    + error_rates(REFS["zh"], HYPS[m]["zh"], "zh", metric="cer")["rate"]) / 2 for m in HYPS}
     for m in HYPS:
@@ -58,3 +58,24 @@ def test_table_and_gap_closed(tmp_path):
                                          "hyp_len": 8}
     assert data["word_errors"]["base"]["deletions"] == 1 and data["word_errors"]["base"]["hyp_len"] == 5
     assert "| Base+TD | 1 | 0 | 2 | 8 / 6 |" in text and "languages scored by WER (1)" in text
+
+
+def test_each_manifest_gets_its_own_tables(tmp_path):
+    """`make demo` evaluates every model on dev and test in one call: the hypotheses files then hold both
+    manifests, and each gets its own error rates and gap closed (here OPD helps on dev, not on test)."""
+    (tmp_path / "eval").mkdir()
+    on = {"dev.jsonl": HYPS, "test.jsonl": {**HYPS, "opd": HYPS["base"]}}
+    for model in HYPS:
+        rows = [{"manifest": manifest, "language": "en", "reference": r, "hypothesis": h}
+                for manifest, hyps in on.items() for r, h in zip(REFS["en"], hyps[model]["en"])]
+        (tmp_path / "eval" / f"{model}.hyps.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = _report_module().main(["--runs", str(tmp_path)])
+    assert list(data["manifests"]) == ["dev.jsonl", "test.jsonl"]
+    wer = {m: error_rates(REFS["en"], HYPS[m]["en"], "en", metric="wer")["rate"] for m in HYPS}
+    dev, test = data["manifests"]["dev.jsonl"], data["manifests"]["test.jsonl"]
+    assert dev["gap_closed"]["opd"]["primary"] == pytest.approx((wer["base"] - wer["opd"]) / (wer["base"] - wer["teacher"]))
+    assert test["gap_closed"]["opd"]["primary"] == pytest.approx(0.0)
+    assert test["summary"]["opd"]["primary"] == pytest.approx(wer["base"])
+    text = (tmp_path / "report.md").read_text()
+    assert text.index("Error rates in % on `dev.jsonl`") < text.index("Error rates in % on `test.jsonl`")
+    assert "Share of the Base→Teacher gap closed on `test.jsonl`" in text
