@@ -93,7 +93,6 @@ def build_report(runs: Path) -> tuple[str, dict]:
         scores = {m: score(by_manifest[manifest]) for m, by_manifest in hyps.items() if manifest in by_manifest}
         section, data["manifests"][manifest] = manifest_section(manifest, scores)
         lines += section + [""]
-    names = list(hyps)
     diagnostics = {m: json.loads((runs / "diagnostics" / f"{m}.json").read_text()) for m in MODELS
                    if (runs / "diagnostics" / f"{m}.json").exists()}
     if diagnostics:
@@ -123,7 +122,6 @@ def build_report(runs: Path) -> tuple[str, dict]:
         lines.append("")
     if plot_dev_curves(runs, runs / "dev_curves.png"):
         lines += ["![dev error rate over student updates](dev_curves.png)", ""]
-    data["models"] = names
     return "\n".join(lines).rstrip("\n") + "\n", data
 
 

@@ -223,9 +223,7 @@ def write_final(accelerator, run_dir: str | Path, write) -> Path:
 def _write_and_rename(write, tmp: Path, final: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)  # a write interrupted before
     write(tmp)
-    if final.exists():  # a run extended past its earlier end
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    _replace(tmp, final)  # final exists when a run is extended past its earlier end
 
 
 # ---- the parts of a write, each run on the ranks named in save_checkpoint ----
@@ -255,7 +253,12 @@ def _seal(tmp: Path, final: Path, digests: dict, state: dict) -> None:
     """The record, then the state file (last), then the rename; each synced to disk."""
     _write_synced(tmp / CHECKSUMS_FILE, json.dumps(digests, indent=1, sort_keys=True))
     _write_synced(tmp / STATE_FILE, json.dumps(state, indent=2))
-    if final.exists():  # the same step written again (a resume from an earlier checkpoint)
+    _replace(tmp, final)  # final exists when the same step is written again (a resume from an earlier checkpoint)
+
+
+def _replace(tmp: Path, final: Path) -> None:
+    """`tmp` renamed to `final` (an older `final` removed first), the rename made durable."""
+    if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
     _sync_dir(final.parent)
