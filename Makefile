@@ -2,6 +2,7 @@
 # make demo           - the main job: OPD of the toy student from the toy teacher on the CPU, before/after table
 # make test           - the test suite
 # make reproduce-toy  - the paper's table at toy scale: teacher, base, TD, OPD, TD+OPD (runs/toy/report.md)
+# make toy-curves     - OPD's gain against its budget and the student's start (runs/toy/curves/curves.md)
 # make quickstart     - build, save, reload and run a tiny student in seconds
 # GPU users: make setup TORCH=   (keeps whatever CUDA torch is already in .venv; see docs/gpu.md)
 
@@ -12,7 +13,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 EXTRAS := dev,toy,plots
 
-.PHONY: setup system-deps demo run quickstart reproduce-toy test clean
+.PHONY: setup system-deps demo run quickstart reproduce-toy toy-curves test clean
 
 setup: $(VENV)/.installed system-deps
 
@@ -42,6 +43,9 @@ quickstart: setup
 
 reproduce-toy: setup
 	PYTHON=$(PY) bash scripts/reproduce_toy.sh
+
+toy-curves: setup
+	PYTHON=$(PY) bash scripts/toy_curves.sh
 
 test: setup
 	$(PY) -m pytest -q

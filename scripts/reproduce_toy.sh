@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # The paper's table at toy scale on a CPU: a teacher, a base student, Base+TD, Base+OPD and
-# Base+TD+OPD, each evaluated on the toy test split in 19 languages; writes runs/toy/report.md.
-#   make reproduce-toy            (= make setup, then this script with the project's .venv)
-#   bash scripts/reproduce_toy.sh (with the environment already active)
+# Base+TD+OPD, each evaluated on the toy test split in 19 languages; writes runs/toy/report.md and
+# ships the five models to checkpoints/toy/, each with MADE_BY.json.
+#   make reproduce-toy                     (= make setup, then this script with the project's .venv)
+#   bash scripts/reproduce_toy.sh          (with the environment already active)
+#   bash scripts/reproduce_toy.sh opd eval_opd report   (only the stages named; their inputs must exist)
 # A stage whose output exists is skipped, so a killed run goes on where it stopped (a killed
-# training stage also resumes from its last checkpoint). Wall times: runs/toy/wall_times/.
+# training stage also resumes from its last checkpoint); delete a stage's output to run it again.
+# Wall times: runs/toy/wall_times/.
 # Models this small run no faster on two threads than on one (measured: the teacher's SFT step
 # takes the same time), so every process gets one thread and independent stages run side by side.
 set -euo pipefail
@@ -13,6 +16,13 @@ PY=${PYTHON:-python}
 RUNS=runs/toy  # the configs in configs/toy/ name these paths
 DATA=data/toy_tts
 export OMP_NUM_THREADS=1
+MODELS="teacher base td opd td_opd"
+STAGES="corpus tokenizer teacher base pseudo_label td td_opd opd $(for m in $MODELS; do printf 'eval_%s ' "$m"; done)
+$(for m in base td opd td_opd; do printf 'diagnose_%s ' "$m"; done) report ship"
+ASKED="$*"
+for name in $ASKED; do  # a wrong name fails here, before any compute
+  [[ " $(echo $STAGES) " == *" $name "* ]] || { echo "unknown stage '$name'; the stages:" $STAGES >&2; exit 2; }
+done
 mkdir -p "$RUNS/eval"
 started=$(date +%s)
 
@@ -60,22 +70,17 @@ for model in base td opd td_opd; do
     --student "$RUNS/$model/final" --teacher "$RUNS/teacher/final" --manifest "$DATA/dev.jsonl" --language-prompt \
     --clips 200 --out "$RUNS/diagnostics/$model.json"
 done
-echo $(( $(date +%s) - started )) > "$RUNS/wall_times/this_invocation"
-"$PY" scripts/toy_report.py --runs "$RUNS"
+[ -z "$ASKED" ] && echo $(( $(date +%s) - started )) > "$RUNS/wall_times/this_invocation"
+if asked report; then "$PY" scripts/toy_report.py --runs "$RUNS"; fi
 
-# The teacher and base student that `make demo` starts from, with what made them beside them.
-for model in teacher base; do
-  rm -rf "checkpoints/toy/$model" && mkdir -p "checkpoints/toy/$model"
-  cp -r "$RUNS/$model/final/." "checkpoints/toy/$model/"
-  rm -f "checkpoints/toy/$model/rank_digests.json"
-  "$PY" - "$model" "$RUNS" <<'PYEOF'
-import json, pathlib, platform, subprocess, sys
-model, runs = sys.argv[1], pathlib.Path(sys.argv[2])
-times = {p.name: int(p.read_text()) for p in (runs / "wall_times").iterdir()}
-made_by = {"command": "bash scripts/reproduce_toy.sh", "config": f"configs/toy/{model}.yaml",
-           "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
-           "wall_seconds": times.get(model), "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPU cores",
-           "eval": f"runs/toy/eval/{model}.json"}
-(pathlib.Path("checkpoints/toy") / model / "MADE_BY.json").write_text(json.dumps(made_by, indent=2) + "\n")
-PYEOF
-done
+# The five models, with what made them beside them (`make demo` starts from the teacher and base).
+if asked ship; then
+  for model in $MODELS; do
+    case $model in
+      teacher|base|td|opd) config=(--config "configs/toy/$model.yaml") ;;
+      td_opd) config=(--config configs/toy/opd.yaml --override "output_dir=$RUNS/td_opd"
+                      --override "student.checkpoint=$RUNS/td/final") ;;
+    esac
+    "$PY" scripts/ship_toy_model.py "$model" --runs "$RUNS" "${config[@]}"
+  done
+fi

@@ -1,9 +1,13 @@
-# Sourced by scripts/reproduce_toy.sh and scripts/demo.sh (needs RUNS, and PY and DATA for toy_corpus).
+# Sourced by scripts/reproduce_toy.sh, scripts/toy_curves.sh and scripts/demo.sh (needs RUNS, and PY and
+# DATA for toy_corpus).
 # stage NAME OUTPUT CMD...: run CMD unless OUTPUT exists; its wall time (added to any earlier part
 # of the same stage) goes to $RUNS/wall_times/NAME, one file a stage so stages may run side by side.
+# With ASKED set (stage names, space-separated), only those stages run; the others say so and pass.
+asked() { [ -z "${ASKED:-}" ] || [[ " $ASKED " == *" $1 "* ]]; }
 stage() {
   local name=$1 output=$2 start before=0
   shift 2
+  if ! asked "$name"; then echo "== $name: not asked for"; return; fi
   if [ -e "$output" ]; then echo "== $name: done ($output)"; return; fi
   echo "== $name: $*"
   mkdir -p "$RUNS/wall_times"

@@ -122,6 +122,9 @@ def build_report(runs: Path) -> tuple[str, dict]:
         lines.append("")
     if plot_dev_curves(runs, runs / "dev_curves.png"):
         lines += ["![dev error rate over student updates](dev_curves.png)", ""]
+    curves = runs / "curves" / "curves.md"  # scripts/toy_curves.sh: OPD against its budget and its start
+    if curves.exists():
+        lines += [curves.read_text(encoding="utf-8").replace("](curves.png)", "](curves/curves.png)"), ""]
     return "\n".join(lines).rstrip("\n") + "\n", data
 
 
@@ -149,13 +152,13 @@ def manifest_section(manifest: str, scores: dict[str, dict]) -> tuple[list[str],
     gaps = {}
     if "base" in summary and "teacher" in summary:
         lines += ["", f"Share of the Base→Teacher gap closed on `{manifest}`, (base − method) / (base − teacher):",
-                  "", "| method | average primary metric | average CER |", "|---|---:|---:|"]
+                  "", "| method | average primary metric | average CER | average WER |", "|---|---:|---:|---:|"]
         for m in names:
             if m in ("base", "teacher"):
                 continue
             gaps[m] = {k: gap_closed(summary["base"][k], summary[m][k], summary["teacher"][k])
-                       for k in ("primary", "cer")}
-            lines.append(f"| {MODELS[m]} | {_pct(gaps[m]['primary'])} % | {_pct(gaps[m]['cer'])} % |")
+                       for k in ("primary", "cer", "wer")}
+            lines.append(f"| {MODELS[m]} | {_pct(gaps[m]['primary'])} % | {_pct(gaps[m]['cer'])} % | {_pct(gaps[m]['wer'])} % |")
     kinds = {m: word_error_kinds(scores[m]) for m in names}
     n_wer = sum(r["words"] is not None for r in scores[names[0]].values())
     lines += ["", f"Word errors on `{manifest}` summed over the languages scored by WER ({n_wer}), which is what "

@@ -1,0 +1,82 @@
+"""The toy scripts' stages: a stage runs once, alone when named, and a wrong name fails before any compute;
+scripts/ship_toy_model.py ships a stage's model with MADE_BY.json."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _stages(tmp_path: Path, asked: str) -> subprocess.CompletedProcess:
+    """Three stages a, b, c through scripts/stage.sh, each touching its output; b's output exists already."""
+    (tmp_path / "b.out").touch()
+    script = (f"set -euo pipefail; RUNS={tmp_path}/runs; ASKED='{asked}'; source {ROOT}/scripts/stage.sh; "
+              + "; ".join(f"stage {n} {tmp_path}/{n}.out touch {tmp_path}/{n}.out" for n in "abc"))
+    return subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True)
+
+
+def test_every_stage_runs_once_when_none_is_named(tmp_path):
+    out = _stages(tmp_path, "").stdout
+    assert (tmp_path / "a.out").exists() and (tmp_path / "c.out").exists()
+    assert f"== b: done ({tmp_path}/b.out)" in out
+    assert sorted(p.name for p in (tmp_path / "runs" / "wall_times").iterdir()) == ["a", "c"]
+
+
+def test_only_the_named_stages_run_and_the_others_say_so(tmp_path):
+    out = _stages(tmp_path, "c").stdout
+    assert (tmp_path / "c.out").exists() and not (tmp_path / "a.out").exists()
+    assert "== a: not asked for" in out and "== b: not asked for" in out
+
+
+@pytest.mark.parametrize("script", ["reproduce_toy.sh", "toy_curves.sh"])
+def test_a_wrong_stage_or_start_name_fails_before_any_compute(tmp_path, script):
+    env = {"PATH": "/usr/bin:/bin", "PYTHON": "false", "STARTS": "base nonsense"}  # any python call would fail
+    result = subprocess.run(["bash", str(ROOT / "scripts" / script), "nonsense"], capture_output=True, text=True,
+                            env=env, cwd=tmp_path)
+    assert result.returncode != 0
+    assert "unknown stage 'nonsense'" in result.stderr or "unknown start 'nonsense' in STARTS" in result.stderr
+    assert "==" not in result.stdout  # no stage began
+
+
+def _ship():
+    spec = importlib.util.spec_from_file_location("ship_toy_model", ROOT / "scripts" / "ship_toy_model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def test_a_shipped_model_says_how_it_was_made(tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "checkpoints"
+    final = runs / "td_opd" / "final"
+    final.mkdir(parents=True)
+    (final / "model.safetensors").write_bytes(b"weights")
+    (final / "rank_digests.json").write_text("{}")
+    (runs / "wall_times").mkdir()
+    (runs / "wall_times" / "td_opd").write_text("1234")
+    (runs / "eval").mkdir()
+    (runs / "eval" / "td_opd.json").write_text(json.dumps(
+        {"manifests": {"data/toy_tts/test.jsonl": {"average_rate": 0.5, "average_cer": 0.2, "languages": {}}}}))
+    (out / "td_opd").mkdir(parents=True)
+    (out / "td_opd" / "stale.bin").write_text("an older model's file")
+
+    target = _ship()(["td_opd", "--runs", str(runs), "--out", str(out), "--config", "configs/toy/opd.yaml",
+                      "--override", "student.checkpoint=runs/toy/td/final"])
+
+    assert sorted(p.name for p in target.iterdir()) == ["MADE_BY.json", "model.safetensors"]
+    made_by = json.loads((target / "MADE_BY.json").read_text())
+    assert made_by["config"] == "configs/toy/opd.yaml"
+    assert made_by["overrides"] == ["student.checkpoint=runs/toy/td/final"]
+    assert made_by["wall_seconds"] == 1234 and len(made_by["commit"]) == 40
+    assert made_by["scores"] == {"data/toy_tts/test.jsonl": {"average_primary_metric": 0.5, "average_cer": 0.2}}
+
+
+def test_shipping_an_unfinished_stage_names_what_is_missing(tmp_path):
+    with pytest.raises(FileNotFoundError, match="opd/final/model.safetensors is missing"):
+        _ship()(["opd", "--runs", str(tmp_path), "--out", str(tmp_path / "out"), "--config", "configs/toy/opd.yaml"])
+    assert not (tmp_path / "out" / "opd").exists()
