@@ -32,19 +32,19 @@ for model in teacher base; do
     bash -c "mkdir -p $RUNS/$model && cp -r checkpoints/toy/$model $RUNS/$model/final"
 done
 toy_corpus
-# Each model on dev and test in one call (--hyps: the report scores every utterance). The teacher and the
-# base student are scored on one core while OPD trains on the other.
+# configs/distill/toy.yaml (the default config) starts from checkpoints/toy/ and writes runs/demo/opd; two
+# processes (DDP over gloo), one a core, each with half of every update's 60 s of audio.
+stage opd "$RUNS/opd/final/model.safetensors" "$PY" -m accelerate.commands.launch \
+  --config_file configs/accelerate/ddp.yaml train/distill.py
+# Each model on dev and test in one call (--hyps: the report scores every utterance), two at a time.
 evaluate() {
   stage "eval_$1" "$RUNS/eval/$1.hyps.jsonl" "$PY" train/evaluate.py --model "$RUNS/$1/final" \
     --manifest "$DATA/dev.jsonl" --manifest "$DATA/test.jsonl" --out "$RUNS/eval/$1.json" --hyps --batch-size 64 \
     --max-new-tokens 160 --device cpu
 }
-( evaluate teacher && evaluate base ) &
+( evaluate base && evaluate opd ) &
 scoring=$!
-# configs/distill/toy.yaml (the default config) starts from checkpoints/toy/ and writes runs/demo/opd.
-stage opd "$RUNS/opd/final/model.safetensors" "$PY" -m accelerate.commands.launch --num_processes 1 \
-  --num_machines 1 --mixed_precision no --dynamo_backend no train/distill.py
+evaluate teacher
 wait "$scoring"
-evaluate opd
 echo $(( $(date +%s) - started )) > "$RUNS/wall_times/this_invocation"
 "$PY" scripts/toy_report.py --runs "$RUNS"
