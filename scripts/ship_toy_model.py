@@ -24,7 +24,7 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
 from train.cli import HelpFormatter  # noqa: E402
 
 
-def made_by(name: str, runs: Path, config: str, overrides: list[str], command: str) -> dict:
+def made_by(name: str, runs: Path, config: str, overrides: list[str], command: str, note: str | None = None) -> dict:
     wall = runs / "wall_times" / name
     evaluation = runs / "eval" / f"{name}.json"
     scores = None
@@ -35,10 +35,12 @@ def made_by(name: str, runs: Path, config: str, overrides: list[str], command: s
             "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
             "wall_seconds": int(wall.read_text()) if wall.exists() else None,
             "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
-            "eval": str(evaluation) if evaluation.exists() else None, "scores": scores}
+            "eval": str(evaluation) if evaluation.exists() else None, "scores": scores,
+            **({"note": note} if note else {})}
 
 
-def ship(name: str, runs: Path, out: Path, config: str, overrides: list[str], command: str) -> Path:
+def ship(name: str, runs: Path, out: Path, config: str, overrides: list[str], command: str,
+         note: str | None = None) -> Path:
     source = runs / name / "final"
     if not (source / "model.safetensors").exists():
         raise FileNotFoundError(f"{source}/model.safetensors is missing: the '{name}' stage has not finished")
@@ -46,7 +48,7 @@ def ship(name: str, runs: Path, out: Path, config: str, overrides: list[str], co
     tmp = out / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(source, tmp, ignore=shutil.ignore_patterns("rank_digests.json"))
-    (tmp / "MADE_BY.json").write_text(json.dumps(made_by(name, runs, config, overrides, command), indent=2) + "\n")
+    (tmp / "MADE_BY.json").write_text(json.dumps(made_by(name, runs, config, overrides, command, note), indent=2) + "\n")
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
     return target
@@ -61,12 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                         help="a config override the stage passed (repeatable)")
     parser.add_argument("--command", default="bash scripts/reproduce_toy.sh", help="what ran the stage")
+    parser.add_argument("--note", help="anything else a reader needs to know of how the model was made")
     return parser
 
 
 def main(argv: list[str] | None = None) -> Path:
     args = build_parser().parse_args(argv)
-    target = ship(args.name, args.runs, args.out, args.config, args.override, args.command)
+    target = ship(args.name, args.runs, args.out, args.config, args.override, args.command, args.note)
     print(f"shipped {args.runs / args.name / 'final'} -> {target}")
     return target
 

@@ -33,6 +33,9 @@ start_model() {  # the folder of a start's weights
   fi
 }
 for start in $STARTS; do start_model "$start" > /dev/null; done  # a wrong name fails here, before any compute
+for n in $BUDGETS "$START_UPDATES"; do
+  [[ $n =~ ^[1-9][0-9]*$ ]] || { echo "BUDGETS and START_UPDATES take whole numbers of updates, got '$n'" >&2; exit 2; }
+done
 for model in teacher base td; do
   if [ ! -f "checkpoints/toy/$model/model.safetensors" ]; then
     echo "checkpoints/toy/$model is missing: bash scripts/reproduce_toy.sh makes it" >&2

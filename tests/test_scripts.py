@@ -40,7 +40,7 @@ def test_same_seed_same_weights(tmp_path, tokenizer):
 
 
 def test_shipped_toy_checkpoints_are_what_the_demo_starts_from(tokenizer):
-    """checkpoints/toy/ holds the teacher and base student made by scripts/reproduce_toy.sh, with how."""
+    """checkpoints/toy/ holds the teacher, the base student and the distilled students, each with how it was made."""
     import json
 
     from train.config import DistillConfig, load_config
@@ -48,11 +48,13 @@ def test_shipped_toy_checkpoints_are_what_the_demo_starts_from(tokenizer):
     cfg = load_config(DistillConfig, ROOT / "configs/distill/toy.yaml")
     assert (cfg.student.checkpoint, cfg.teacher.checkpoint) == ("checkpoints/toy/base", "checkpoints/toy/teacher")
     loaded = {}
-    for name in ("teacher", "base"):
+    for name in ("teacher", "base", "td", "opd"):
         folder = ROOT / "checkpoints/toy" / name
         made_by = json.loads((folder / "MADE_BY.json").read_text())
-        assert made_by["command"] == "bash scripts/reproduce_toy.sh" and len(made_by["commit"]) == 40
+        assert made_by["command"].startswith(("bash scripts/reproduce_toy.sh", "python train/")), name
+        assert made_by["config"] == f"configs/toy/{name}.yaml" and len(made_by["commit"]) == 40
         assert made_by["wall_seconds"] > 0
+        assert not (folder / "rank_digests.json").exists()
         loaded[name] = load_student(folder)
     (teacher, t_proc), (base, b_proc) = loaded["teacher"], loaded["base"]
     assert t_proc.tokenizer.get_vocab() == b_proc.tokenizer.get_vocab()  # same characters: no token mapping
@@ -60,5 +62,8 @@ def test_shipped_toy_checkpoints_are_what_the_demo_starts_from(tokenizer):
         return sum(p.numel() for p in model.parameters())
 
     assert size(teacher) > 2 * size(base)
+    for name in ("td", "opd"):  # the base student's shape, prompted with the language as in training
+        model, processor = loaded[name]
+        assert size(model) == size(base) and processor.language_prompt is True
     text = transcribe(base, b_proc, make_clips([16000]), languages=["de"], max_new_tokens=8)
     assert isinstance(text[0], str)

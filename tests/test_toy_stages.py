@@ -34,13 +34,17 @@ def test_only_the_named_stages_run_and_the_others_say_so(tmp_path):
     assert "== a: not asked for" in out and "== b: not asked for" in out
 
 
-@pytest.mark.parametrize("script", ["reproduce_toy.sh", "toy_curves.sh"])
-def test_a_wrong_stage_or_start_name_fails_before_any_compute(tmp_path, script):
-    env = {"PATH": "/usr/bin:/bin", "PYTHON": "false", "STARTS": "base nonsense"}  # any python call would fail
+@pytest.mark.parametrize("script, env, message", [
+    ("reproduce_toy.sh", {}, "unknown stage 'nonsense'"),
+    ("toy_curves.sh", {"STARTS": "base nonsense"}, "unknown start 'nonsense' in STARTS"),
+    ("toy_curves.sh", {"BUDGETS": "300 6OO"}, "whole numbers of updates, got '6OO'"),
+])
+def test_a_wrong_stage_start_or_budget_fails_before_any_compute(tmp_path, script, env, message):
+    env = {"PATH": "/usr/bin:/bin", "PYTHON": "false", **env}  # any python call would fail
     result = subprocess.run(["bash", str(ROOT / "scripts" / script), "nonsense"], capture_output=True, text=True,
                             env=env, cwd=tmp_path)
     assert result.returncode != 0
-    assert "unknown stage 'nonsense'" in result.stderr or "unknown start 'nonsense' in STARTS" in result.stderr
+    assert message in result.stderr
     assert "==" not in result.stdout  # no stage began
 
 
@@ -66,7 +70,7 @@ def test_a_shipped_model_says_how_it_was_made(tmp_path):
     (out / "td_opd" / "stale.bin").write_text("an older model's file")
 
     target = _ship()(["td_opd", "--runs", str(runs), "--out", str(out), "--config", "configs/toy/opd.yaml",
-                      "--override", "student.checkpoint=runs/toy/td/final"])
+                      "--override", "student.checkpoint=runs/toy/td/final", "--note", "a probe's model"])
 
     assert sorted(p.name for p in target.iterdir()) == ["MADE_BY.json", "model.safetensors"]
     made_by = json.loads((target / "MADE_BY.json").read_text())
@@ -74,6 +78,7 @@ def test_a_shipped_model_says_how_it_was_made(tmp_path):
     assert made_by["overrides"] == ["student.checkpoint=runs/toy/td/final"]
     assert made_by["wall_seconds"] == 1234 and len(made_by["commit"]) == 40
     assert made_by["scores"] == {"data/toy_tts/test.jsonl": {"average_primary_metric": 0.5, "average_cer": 0.2}}
+    assert made_by["note"] == "a probe's model"
 
 
 def test_shipping_an_unfinished_stage_names_what_is_missing(tmp_path):
