@@ -11,23 +11,20 @@ PY=${PYTHON:-python}
 RUNS=runs/demo
 DATA=data/toy_tts
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # models this small run no faster on more threads
+# shellcheck source=scripts/stage.sh
+source scripts/stage.sh
+require_shipped teacher base
 # A finished stage is skipped on the next invocation (a killed demo goes on where it stopped), so outputs
 # made from other inputs (an older config, script or checkpoint) would be shown as this demo's: start over.
-inputs=$(cat configs/distill/toy.yaml scripts/demo.sh checkpoints/toy/*/model.safetensors | sha256sum | cut -c1-16)
+inputs=$(cat configs/distill/toy.yaml scripts/demo.sh checkpoints/toy/{teacher,base}/model.safetensors | sha256sum | cut -c1-16)
 if [ -d "$RUNS" ] && [ "$(cat "$RUNS/inputs" 2>/dev/null)" != "$inputs" ]; then
   echo "== $RUNS was made from other inputs (config, script or checkpoints): starting over"
   rm -rf "$RUNS"
 fi
 mkdir -p "$RUNS/eval" && echo "$inputs" > "$RUNS/inputs"
 started=$(date +%s)
-# shellcheck source=scripts/stage.sh
-source scripts/stage.sh
 
 for model in teacher base; do
-  if [ ! -f "checkpoints/toy/$model/model.safetensors" ]; then
-    echo "checkpoints/toy/$model is missing: bash scripts/reproduce_toy.sh makes it" >&2
-    exit 1
-  fi
   stage "copy_$model" "$RUNS/$model/final/model.safetensors" \
     bash -c "mkdir -p $RUNS/$model && cp -r checkpoints/toy/$model $RUNS/$model/final"
 done

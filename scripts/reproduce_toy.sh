@@ -28,7 +28,6 @@ started=$(date +%s)
 
 # shellcheck source=scripts/stage.sh
 source scripts/stage.sh
-wait_all() { local ok=0; for job in $(jobs -p); do wait "$job" || ok=1; done; return $ok; }  # fails if one did
 
 # Data: the 19-language toy corpus (cached), its training audio split into a labelled half
 # (base student) and an unlabelled pool (TD and OPD), and the character vocabulary.

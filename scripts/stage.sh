@@ -2,6 +2,18 @@
 # DATA for toy_corpus).
 # stage NAME OUTPUT CMD...: run CMD unless OUTPUT exists; its wall time (added to any earlier part
 # of the same stage) goes to $RUNS/wall_times/NAME, one file a stage so stages may run side by side.
+# wait_all: wait for every background job of the calling shell; fails if one did.
+wait_all() { local ok=0; for job in $(jobs -p); do wait "$job" || ok=1; done; return $ok; }
+# require_shipped MODEL...: exit, naming what makes it, unless checkpoints/toy/MODEL holds a model.
+require_shipped() {
+  local model
+  for model in "$@"; do
+    if [ ! -f "checkpoints/toy/$model/model.safetensors" ]; then
+      echo "checkpoints/toy/$model is missing: bash scripts/reproduce_toy.sh makes it" >&2
+      exit 1
+    fi
+  done
+}
 # With ASKED set (stage names, space-separated), only those stages run; the others say so and pass.
 asked() { [ -z "${ASKED:-}" ] || [[ " $ASKED " == *" $1 "* ]]; }
 stage() {

@@ -24,7 +24,6 @@ export OMP_NUM_THREADS=1
 
 # shellcheck source=scripts/stage.sh
 source scripts/stage.sh
-wait_all() { local ok=0; for job in $(jobs -p); do wait "$job" || ok=1; done; return $ok; }
 
 start_model() {  # the folder of a start's weights
   if [[ $1 == base || $1 == td ]]; then echo "checkpoints/toy/$1"
@@ -36,12 +35,7 @@ for start in $STARTS; do start_model "$start" > /dev/null; done  # a wrong name 
 for n in $BUDGETS "$START_UPDATES"; do
   [[ $n =~ ^[1-9][0-9]*$ ]] || { echo "BUDGETS and START_UPDATES take whole numbers of updates, got '$n'" >&2; exit 2; }
 done
-for model in teacher base td; do
-  if [ ! -f "checkpoints/toy/$model/model.safetensors" ]; then
-    echo "checkpoints/toy/$model is missing: bash scripts/reproduce_toy.sh makes it" >&2
-    exit 1
-  fi
-done
+require_shipped teacher base td
 mkdir -p "$CURVES/eval"
 toy_corpus
 
