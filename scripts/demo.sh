@@ -28,7 +28,7 @@ for model in teacher base; do
   stage "copy_$model" "$RUNS/$model/final/model.safetensors" \
     bash -c "mkdir -p $RUNS/$model && cp -r checkpoints/toy/$model $RUNS/$model/final"
 done
-toy_corpus
+toy_corpus --pool-only  # OPD reads the pool only; dev and test score the models
 # configs/distill/toy.yaml (the default config) starts from checkpoints/toy/ and writes runs/demo/opd; two
 # processes (DDP over gloo), one a core, each with half of every update's 60 s of audio.
 stage opd "$RUNS/opd/final/model.safetensors" "$PY" -m accelerate.commands.launch \

@@ -42,7 +42,7 @@ def _parser(entry: str) -> argparse.ArgumentParser:
 
 def test_the_entry_points_are_found():
     assert {"train/distill.py", "train/sft.py", "scripts/bench_gpu.py", "data_recipes/fleurs/prepare.py",
-            "data_recipes/toy_tts/split.py", "train/models/summary.py"} <= set(ENTRY_POINTS)
+            "data_recipes/toy_tts/prepare.py", "train/models/summary.py"} <= set(ENTRY_POINTS)
     assert "data_recipes/common.py" not in ENTRY_POINTS and "train/cli.py" not in ENTRY_POINTS
 
 

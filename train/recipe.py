@@ -102,18 +102,19 @@ def make_accelerator(cfg: RunConfig, model_cfg: ModelConfig) -> Accelerator:
 
 
 def ensure_toy_corpus(cfg: RunConfig, accelerator) -> None:
-    """The bundled toy setup builds its corpus on first use (about 2 minutes, offline), and the
-    labelled / unlabelled split of its training audio (data_recipes/toy_tts/split.py) if asked for."""
+    """The bundled toy setup builds its corpus on first use (offline, a few minutes on 2 cores), with
+    the labelled / pool split of its training audio; only the pool's audio when the run reads no
+    labelled training audio (OPD from the shipped base student), which a later run adds if it must."""
     paths = [s.path for s in cfg.data.train + cfg.data.dev]
-    if not any(p.startswith(TOY_DIR + "/") and not Path(p).exists() for p in paths):
+    toy = [p for p in paths if p.startswith(TOY_DIR + "/")]
+    if all(Path(p).exists() for p in toy):
         return
     if accelerator.is_main_process:
+        from data_recipes.toy_tts.prepare import POOL
         from data_recipes.toy_tts.prepare import main as build_toy
-        from data_recipes.toy_tts.split import main as split_toy
 
-        build_toy(["--out", TOY_DIR, "--seed", "0"])
-        if any(Path(p).name in ("train_labelled.jsonl", "train_pool.jsonl") for p in paths):
-            split_toy(["--corpus", TOY_DIR])
+        pool_only = all(Path(p).name in {f"{name}.jsonl" for name in POOL} for p in toy)
+        build_toy(["--out", TOY_DIR, "--seed", "0"] + (["--pool-only"] if pool_only else []))
     accelerator.wait_for_everyone()
 
 

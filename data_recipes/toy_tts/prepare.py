@@ -3,7 +3,8 @@
     python data_recipes/toy_tts/prepare.py --out data/toy_tts --seed 0
     python data_recipes/toy_tts/prepare.py --out DIR --seed N [--languages zh,en,...] \
         [--train-per-language 600] [--unlabelled-per-language 100] [--dev-per-language 25] \
-        [--test-per-language 25] [--train-scale zh=4,ja=4] [--workers 2] [--check]
+        [--test-per-language 25] [--train-scale zh=4,ja=4] [--labelled-share 0.5] [--pool-only] \
+        [--workers 2] [--check]
 
 Most utterances are random sequences of 2-6 words drawn from a small per-language lexicon (the
 300 most frequent words), so a model cannot pass by memorising text; ~10% are real sentences
@@ -13,6 +14,15 @@ voice variant, speaking rate and pitch. Writes DIR/{train,unlabelled,dev,test}.j
 DIR/audio/<split>/<lang>/<id>.flac (16 kHz mono FLAC) and DIR/BUILD.json, whose done marker is
 written last: a second run with the same arguments returns at once, a killed build is redone.
 Same seed and arguments -> byte-identical manifests and identical audio. See README.md.
+
+For the paper's table, the training audio is also split by position within each language (the
+plan is already in random order): DIR/train_labelled.jsonl holds the first --labelled-share of
+each language's training utterances, as in train.jsonl; DIR/train_pool.jsonl holds the rest and
+all of unlabelled.jsonl, with their transcripts under `reference_text` (as unlabelled.jsonl has
+them), so OPD and pseudo-labelling read no labels and a report can still score them.
+--pool-only synthesises no audio for the labelled share (OPD from the shipped base student reads
+none: `make demo`) and writes neither train.jsonl nor train_labelled.jsonl; a later build without
+it synthesises only the labelled share, reusing the rest.
 """
 
 from __future__ import annotations
@@ -39,6 +49,9 @@ from train.cli import HelpFormatter  # noqa: E402
 RECIPE = "toy_tts"
 RECIPE_VERSION = 3  # bump when a change here changes the corpus for the same arguments
 SPLITS = ("train", "unlabelled", "dev", "test")
+POOL = ("unlabelled", "dev", "test", "train_pool")  # the manifests a --pool-only build writes
+MANIFESTS = SPLITS + ("train_labelled", "train_pool")
+LABELLED_SHARE = 0.5  # of each language's training utterances: train_labelled.jsonl
 EVAL_SPLITS = ("dev", "test")  # drawn from the reserved sentence fifth (lexicon.is_eval_sentence)
 DRAW_ORDER = ("test", "dev", "train", "unlabelled")  # test first: it does not depend on the other sizes
 DEFAULT_SIZES = {"train": 600, "unlabelled": 100, "dev": 25, "test": 25}  # utterances per language
@@ -167,15 +180,44 @@ def load_texts(languages: list[str], lexicon_size: int, workers: int) -> None:
         list(pool.map(one, languages))
 
 
-def manifest_row(u: Utterance, duration: float) -> dict:
+def labelled_ids(utterances: list[Utterance], share: float) -> set[str]:
+    """The first `share` of each language's training utterances (rounded): train_labelled.jsonl."""
+    by_language: dict[str, list[str]] = {}
+    for u in utterances:
+        if u.split == "train":
+            by_language.setdefault(u.language, []).append(u.id)
+    return {i for ids in by_language.values() for i in ids[: round(len(ids) * share)]}
+
+
+def manifest_row(u: Utterance, duration: float, labelled: bool = True) -> dict:
+    """One manifest line. The unlabelled split, and the training pool (labelled=False), carry their
+    transcript as `reference_text`, for analysis only: they are used without labels."""
+    hidden = u.split == "unlabelled" or not labelled
     row: dict = {"id": u.id, "audio": u.audio}
-    if u.split != "unlabelled":
+    if not hidden:
         row["text"] = u.text
     row.update(language=u.language, duration=round(duration, 3), task="asr")
-    if u.split == "unlabelled":
-        row["reference_text"] = u.text  # for analysis only: this split is used without labels
+    if hidden:
+        row["reference_text"] = u.text
     row.update(kind=u.kind, voice=u.voice, rate=u.rate, pitch=u.pitch)
     return row
+
+
+def manifests(utterances: list[Utterance], durations: dict[str, float], labelled: set[str],
+              pool_only: bool) -> dict[str, list[dict]]:
+    """Every manifest's lines, in plan order; without train and train_labelled for --pool-only."""
+    rows: dict[str, list[dict]] = {name: [] for name in (POOL if pool_only else MANIFESTS)}
+    for u in utterances:
+        if u.split != "train":
+            rows[u.split].append(manifest_row(u, durations[u.id]))
+        elif u.id not in labelled:
+            rows["train_pool"].append(manifest_row(u, durations[u.id], labelled=False))
+        if u.split == "train" and not pool_only:
+            rows["train"].append(manifest_row(u, durations[u.id]))
+            if u.id in labelled:
+                rows["train_labelled"].append(rows["train"][-1])
+    rows["train_pool"] += rows["unlabelled"]
+    return rows
 
 
 # ---------------------------------------------------------------- build bookkeeping
@@ -205,15 +247,25 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _is_up_to_date(out: Path, config: dict) -> bool:
+def _finished_build(out: Path, config: dict) -> dict | None:
+    """out/BUILD.json if it marks a complete build with these arguments, else None."""
     try:
         done = json.loads((out / "BUILD.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return False
+        return None
     if done.get("complete") is not True or any(done.get(k) != v for k, v in config.items()):
+        return None
+    return done
+
+
+def _is_up_to_date(out: Path, config: dict, pool_only: bool) -> bool:
+    """A complete build with these arguments, with the labelled share's audio unless pool_only, and
+    every manifest it needs on disk with all its audio."""
+    done = _finished_build(out, config)
+    if done is None or not (pool_only or done.get("labelled_audio") is True):
         return False
-    for split in SPLITS:
-        manifest = out / f"{split}.jsonl"
+    for name in POOL if pool_only else MANIFESTS:
+        manifest = out / f"{name}.jsonl"
         if not manifest.is_file():
             return False
         with manifest.open(encoding="utf-8") as f:
@@ -222,23 +274,37 @@ def _is_up_to_date(out: Path, config: dict) -> bool:
     return True
 
 
+def _reusable_durations(out: Path, config: dict) -> dict[str, float]:
+    """Utterance id -> duration for the audio of a complete earlier build with these arguments (a
+    --pool-only one, when the labelled share is now asked for); empty when there is none."""
+    if _finished_build(out, config) is None:
+        return {}
+    found = {}
+    for name in MANIFESTS:
+        if (out / f"{name}.jsonl").is_file():
+            for row in _read_rows(out, [name])[name]:
+                if (out / row["audio"]).is_file():
+                    found[row["id"]] = row["duration"]
+    return found
+
+
 def _summary(rows: dict[str, list[dict]], languages: list[str]) -> str:
-    lines = [f"{'lang':<6}" + "".join(f"{s:>22}" for s in SPLITS)]
+    lines = [f"{'lang':<6}" + "".join(f"{s:>22}" for s in rows)]
     for lang in languages + ["all"]:
         cells = []
-        for split in SPLITS:
-            sel = [r for r in rows[split] if lang in ("all", r["language"])]
+        for name in rows:
+            sel = [r for r in rows[name] if lang in ("all", r["language"])]
             hours = sum(r["duration"] for r in sel) / 3600
             cells.append(f"{len(sel):>9} utt {hours:>7.3f} h")
         lines.append(f"{lang:<6}" + "".join(cells))
     return "\n".join(lines)
 
 
-def _read_rows(out: Path) -> dict[str, list[dict]]:
+def _read_rows(out: Path, names: tuple[str, ...] | list[str]) -> dict[str, list[dict]]:
     rows = {}
-    for split in SPLITS:
-        with (out / f"{split}.jsonl").open(encoding="utf-8") as f:
-            rows[split] = [json.loads(line) for line in f]
+    for name in names:
+        with (out / f"{name}.jsonl").open(encoding="utf-8") as f:
+            rows[name] = [json.loads(line) for line in f]
     return rows
 
 
@@ -287,6 +353,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="LANG=K,...",
         help="multiply --train-per-language for these languages ('' for none)",
     )
+    p.add_argument("--labelled-share", type=float, default=LABELLED_SHARE, metavar="S",
+                   help="share of each language's training utterances in train_labelled.jsonl, in (0, 1)")
+    p.add_argument("--pool-only", action="store_true",
+                   help="no audio for the labelled share: write unlabelled, dev, test and train_pool only")
     p.add_argument("--lexicon-size", type=int, default=lx.LEXICON_SIZE, help="words per language lexicon")
     p.add_argument("--workers", type=int, default=2, help="synthesis processes (does not change the output)")
     p.add_argument("--check", action="store_true",
@@ -321,6 +391,8 @@ def main(argv: list[str] | None = None) -> Path:
     if any(k < 0 for k in sizes.values()):
         raise SystemExit("sizes must be >= 0")
     train_scale = parse_train_scale(args.train_scale)
+    if not 0 < args.labelled_share < 1:
+        raise SystemExit(f"--labelled-share must be in (0, 1), got {args.labelled_share}")
     if shutil.which("espeak-ng") is None:
         raise SystemExit("espeak-ng not found: apt-get install -y espeak-ng")
 
@@ -334,44 +406,51 @@ def main(argv: list[str] | None = None) -> Path:
         "per_language": sizes,
         "train_scale": {k: v for k, v in train_scale.items() if k in languages},
         "lexicon_size": args.lexicon_size,
+        "labelled_share": args.labelled_share,
         "versions": versions(),
     }
+    wanted = POOL if args.pool_only else MANIFESTS
     if args.check:
-        current = _is_up_to_date(out, config)
+        current = _is_up_to_date(out, config, args.pool_only)
         print(f"{out}: {'up to date' if current else 'missing, incomplete or made with other arguments or recipe'}")
         raise SystemExit(0 if current else 1)
-    if _is_up_to_date(out, config):
+    if _is_up_to_date(out, config, args.pool_only):
         print(f"{out}: corpus is up to date (seed {args.seed}); nothing to do")
-        print(_summary(_read_rows(out), languages))
+        print(_summary(_read_rows(out, wanted), languages))
         return out
 
     out.mkdir(parents=True, exist_ok=True)
     if (out / "audio").exists() and not (out / "BUILD.json").exists():
         raise SystemExit(f"{out}/audio exists but {out} holds no {RECIPE} build (no BUILD.json); use another --out")
-    # Mark the folder as an unfinished build before touching anything, then clear the old one.
-    _write_atomic(out / "BUILD.json", json.dumps({**config, "complete": False}, indent=2, ensure_ascii=False) + "\n")
-    shutil.rmtree(out / "audio", ignore_errors=True)
-    for split in SPLITS:
-        (out / f"{split}.jsonl").unlink(missing_ok=True)
+    reused = _reusable_durations(out, config)
+    if not reused:
+        # Mark the folder as an unfinished build before touching anything, then clear the old one. (A build
+        # that adds the labelled share to a --pool-only one leaves that one, still valid, until it is done.)
+        _write_atomic(out / "BUILD.json", json.dumps({**config, "complete": False}, indent=2, ensure_ascii=False) + "\n")
+        shutil.rmtree(out / "audio", ignore_errors=True)
+        for name in MANIFESTS:
+            (out / f"{name}.jsonl").unlink(missing_ok=True)
 
     start = time.time()
     load_texts(languages, args.lexicon_size, args.workers)
     utterances = plan(languages, sizes, args.seed, args.lexicon_size, train_scale)
-    print(f"synthesising {len(utterances)} utterances ({len(languages)} languages) with {args.workers} worker(s)")
-    jobs = [synth.Job(u.spoken, u.voice, u.rate, u.pitch, str(out / u.audio)) for u in utterances]
-    durations = _synthesise_all(jobs, args.workers)
+    labelled = labelled_ids(utterances, args.labelled_share)
+    todo = [u for u in utterances if u.id not in reused and not (args.pool_only and u.id in labelled)]
+    print(f"synthesising {len(todo)} utterances ({len(languages)} languages) with {args.workers} worker(s)"
+          + (f"; {len(reused)} reused from the earlier build" if reused else ""))
+    jobs = [synth.Job(u.spoken, u.voice, u.rate, u.pitch, str(out / u.audio)) for u in todo]
+    durations = {**reused, **dict(zip((u.id for u in todo), _synthesise_all(jobs, args.workers)))}
 
-    rows: dict[str, list[dict]] = {s: [] for s in SPLITS}
-    for u, d in zip(utterances, durations):
-        rows[u.split].append(manifest_row(u, d))
-    for split in SPLITS:
-        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows[split])
-        _write_atomic(out / f"{split}.jsonl", text)
+    rows = manifests(utterances, durations, labelled, args.pool_only)
+    for name in wanted:
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows[name])
+        _write_atomic(out / f"{name}.jsonl", text)
     elapsed = time.time() - start
     totals = {
-        s: {"utterances": len(rows[s]), "hours": round(sum(r["duration"] for r in rows[s]) / 3600, 4)} for s in SPLITS
+        n: {"utterances": len(rows[n]), "hours": round(sum(r["duration"] for r in rows[n]) / 3600, 4)} for n in wanted
     }
-    done = {**config, "totals": totals, "build_seconds": round(elapsed, 1), "complete": True}  # done marker last
+    done = {**config, "labelled_audio": not args.pool_only, "totals": totals, "build_seconds": round(elapsed, 1),
+            "complete": True}  # done marker last
     _write_atomic(out / "BUILD.json", json.dumps(done, indent=2, ensure_ascii=False) + "\n")
     print(f"wrote {out} in {elapsed:.1f} s (seed {args.seed})")
     print(_summary(rows, languages))

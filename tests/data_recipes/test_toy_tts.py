@@ -287,3 +287,81 @@ def test_project_reader_loads_the_manifests(corpus):
     assert all(Path(u.audio).is_file() and u.text and u.language in LANGS for u in train)
     unlabelled = read_jsonl(corpus / "unlabelled.jsonl")
     assert all(u.text in (None, "") for u in unlabelled)
+
+
+def read_manifests(out: Path, names=prepare.MANIFESTS) -> dict[str, bytes]:
+    return {n: (out / f"{n}.jsonl").read_bytes() for n in names}
+
+
+def test_labelled_share_and_pool_split_train_by_position(corpus):
+    """train_labelled: the first half of each language's training lines, as they are; train_pool: the
+    rest with the transcript under reference_text, then every unlabelled line."""
+    rows = read(corpus)
+    labelled = [json.loads(x) for x in (corpus / "train_labelled.jsonl").read_text().splitlines()]
+    pool = [json.loads(x) for x in (corpus / "train_pool.jsonl").read_text().splitlines()]
+    want_labelled, want_pool = [], []
+    for lang in dict.fromkeys(r["language"] for r in rows["train"]):  # the manifest's (canonical) order
+        lines = [r for r in rows["train"] if r["language"] == lang]
+        cut = round(len(lines) * 0.5)
+        want_labelled += lines[:cut]
+        want_pool += [{k if k != "text" else "reference_text": v for k, v in r.items()} for r in lines[cut:]]
+    assert labelled == want_labelled and len(labelled) == round(8 * 0.5) + round(8 * 3 * 0.5)
+    assert pool[: len(want_pool)] == want_pool and pool[len(want_pool):] == rows["unlabelled"]
+    assert not any("text" in r for r in pool)
+    assert {r["id"] for r in labelled}.isdisjoint(r["id"] for r in pool)
+
+
+def test_pool_only_leaves_out_the_labelled_audio_and_a_full_build_adds_just_that(corpus, tmp_path, monkeypatch):
+    out = tmp_path / "pool_first"
+    real = synth.synthesise
+    written: list[str] = []
+
+    def counted(job):
+        written.append(Path(job.path).name.removesuffix(".flac"))
+        return real(job)
+
+    monkeypatch.setattr(synth, "synthesise", counted)
+    prepare.main(args(out) + ["--pool-only"])
+    labelled = {json.loads(x)["id"] for x in (corpus / "train_labelled.jsonl").read_text().splitlines()}
+    everything = {r["id"] for rows in read(corpus).values() for r in rows}
+    assert set(written) == everything - labelled and len(written) == len(everything - labelled)
+    assert not (out / "train.jsonl").exists() and not (out / "train_labelled.jsonl").exists()
+    assert read_manifests(out, prepare.POOL) == read_manifests(corpus, prepare.POOL)
+    codes = []
+    for extra in (["--pool-only", "--check"], ["--check"]):
+        with pytest.raises(SystemExit) as check:
+            prepare.main(args(out) + extra)
+        codes.append(check.value.code)
+    assert codes == [0, 1]  # pool-only is current as such, not as a full build
+
+    written.clear()
+    prepare.main(args(out))
+    assert sorted(written) == sorted(labelled)  # the pool's audio is reused, not synthesised again
+    assert read_manifests(out) == read_manifests(corpus)
+    with pytest.raises(SystemExit) as check:
+        prepare.main(args(out) + ["--pool-only", "--check"])  # a full build serves a pool-only ask too
+    assert check.value.code == 0
+
+
+@pytest.mark.parametrize("share", ["0", "1", "1.5"])
+def test_labelled_share_outside_0_1_is_refused_by_name(share, tmp_path):
+    with pytest.raises(SystemExit, match="--labelled-share"):
+        prepare.main(args(tmp_path / "c") + ["--labelled-share", share])
+    assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("train, pool_only", [("train_pool", True), ("train_labelled", False), ("train", False)])
+def test_a_run_builds_only_the_toy_audio_it_reads(train, pool_only, tmp_path, monkeypatch):
+    """train/recipe.py builds a missing toy corpus on first use: without the labelled share's audio
+    when the run reads only the pool, dev and test (OPD from the shipped base)."""
+    from types import SimpleNamespace
+
+    from train.recipe import TOY_DIR, ensure_toy_corpus
+
+    calls = []
+    monkeypatch.setattr(prepare, "main", calls.append)
+    monkeypatch.chdir(tmp_path)
+    source = lambda name: SimpleNamespace(path=f"{TOY_DIR}/{name}.jsonl")  # noqa: E731
+    cfg = SimpleNamespace(data=SimpleNamespace(train=[source(train)], dev=[source("dev")]))
+    ensure_toy_corpus(cfg, SimpleNamespace(is_main_process=True, wait_for_everyone=lambda: None))
+    assert calls == [["--out", TOY_DIR, "--seed", "0"] + (["--pool-only"] if pool_only else [])]
