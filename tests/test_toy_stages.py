@@ -85,3 +85,29 @@ def test_shipping_an_unfinished_stage_names_what_is_missing(tmp_path):
     with pytest.raises(FileNotFoundError, match="opd/final/model.safetensors is missing"):
         _ship()(["opd", "--runs", str(tmp_path), "--out", str(tmp_path / "out"), "--config", "configs/toy/opd.yaml"])
     assert not (tmp_path / "out" / "opd").exists()
+
+
+@pytest.mark.parametrize("args, current, runs", [
+    ("--pool-only", True, False),   # the demo's corpus is there and current: nothing to do
+    ("--pool-only", False, True),   # made by another recipe or other arguments: built again
+    ("", True, True),               # a full corpus is asked for where only the pool was built
+])
+def test_toy_corpus_builds_what_is_asked_unless_current(tmp_path, args, current, runs):
+    """scripts/stage.sh's toy_corpus: the demo's pool-only build is done once train_pool.jsonl is there and
+    prepare.py --check says it is current; a full build needs train_labelled.jsonl."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train_pool.jsonl").touch()
+    log = tmp_path / "calls"
+    fake = tmp_path / "python"  # stands for prepare.py: logs its arguments, --check answers `current`
+    fake.write_text(f'#!/bin/bash\necho "$*" >> {log}\n'
+                    f'[[ " $* " == *" --check "* ]] && exit {0 if current else 1}\nexit 0\n')
+    fake.chmod(0o755)
+    script = (f"set -euo pipefail; RUNS={tmp_path}/runs; PY={fake}; DATA={data}; source {ROOT}/scripts/stage.sh; "
+              f"toy_corpus {args}")
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout
+    calls = log.read_text().splitlines() if log.exists() else []
+    builds = [c for c in calls if "--check" not in c]
+    want = f"data_recipes/toy_tts/prepare.py --out {data} --seed 0" + (" --pool-only" if args else "")
+    assert builds == ([want] if runs else [])
+    assert ("== corpus: done" in out) == (not runs)
