@@ -101,3 +101,12 @@ def test_config_help_lists_every_key_with_its_default_and_comment():
             in distill)
     assert "\n  data.max_batch_tokens = null  # Padded tokens per batch" in distill  # the comment above the field
     assert "\n  output_dir = runs/distill-toy\n" in distill  # the subclass's default, not RunConfig's
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["opd.teacher_temperature=0"], "opd.teacher_temperature"),
+    (["opd.loss=reverse_kl", "opd.do_sample=true", "opd.teacher_temperature=0.5"], "opd.teacher_temperature"),
+])
+def test_bad_opd_values_name_their_key(overrides, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(DistillConfig, "configs/distill/tiny_random_teacher.yaml", overrides)

@@ -425,7 +425,10 @@ class OPDConfig:
     loss: str = "union_topk_kl"  # union_topk_kl (the paper) | jsd | reverse_kl
     k: int = 32
     beta: float = 0.5  # jsd only: 0 = forward KL, 1 = reverse KL
-    temperature: float = 1.0
+    temperature: float = 1.0  # both distributions' softmax temperature in the loss (union_topk_kl, jsd)
+    # The teacher's alone, when set: below 1 sharpens its targets (a counter to the small student's flattened
+    # distribution under forward KL); null = `temperature`. The T^2 factor is the student's.
+    teacher_temperature: float | None = None
     n_samples: int = 1
     max_new_tokens: int = 256
     do_sample: bool = False  # the paper rolls out greedily
@@ -442,6 +445,8 @@ class OPDConfig:
         _require(self.k >= 1, "opd.k", f"must be >= 1, got {self.k}")
         _require(0 <= self.beta <= 1, "opd.beta", f"must be in [0, 1], got {self.beta}")
         _require(self.temperature > 0, "opd.temperature", f"must be > 0, got {self.temperature}")
+        _require(self.teacher_temperature is None or self.teacher_temperature > 0, "opd.teacher_temperature",
+                 f"must be > 0 or null, got {self.teacher_temperature}")
         _require(self.n_samples >= 1, "opd.n_samples", f"must be >= 1, got {self.n_samples}")
         _require(self.max_new_tokens >= 1, "opd.max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
         _require(0 < self.top_p <= 1, "opd.top_p", f"must be in (0, 1], got {self.top_p}")
@@ -454,6 +459,13 @@ class OPDConfig:
         # agreement 53% -> 0.8% in 250 updates).
         _require(self.loss != "reverse_kl" or self.do_sample, "opd.do_sample",
                  "must be true for opd.loss=reverse_kl (its estimator needs the student's samples)")
+        _require(self.loss != "reverse_kl" or self.teacher_temperature is None, "opd.teacher_temperature",
+                 "has no effect with opd.loss=reverse_kl (it scores sampled tokens at temperature 1): leave it null")
+
+    @property
+    def teacher_T(self) -> float:
+        """The temperature the teacher scores at."""
+        return self.temperature if self.teacher_temperature is None else self.teacher_temperature
 
 
 @dataclass

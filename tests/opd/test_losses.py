@@ -29,10 +29,10 @@ def _softmax(x):
     return [v / sum(e) for v in e]
 
 
-def _brute_union_kl(s_row, t_row, k, temperature, drop_teacher_ids=()):
+def _brute_union_kl(s_row, t_row, k, temperature, drop_teacher_ids=(), teacher_temperature=None):
     """One position, plain Python: U from sorted indices, renormalised softmax on U, KL(t_U || s_U)."""
     s = [v / temperature for v in s_row.tolist()]
-    t = [v / temperature for v in t_row.tolist()]
+    t = [v / (teacher_temperature or temperature) for v in t_row.tolist()]
     top = lambda xs: set(sorted(range(len(xs)), key=lambda i: -xs[i])[:k])  # noqa: E731
     union = sorted(top(s) | (top(t) - set(drop_teacher_ids)))
     ps, pt = _softmax([s[i] for i in union]), _softmax([t[i] for i in union])
@@ -48,6 +48,22 @@ def test_union_topk_forward_kl_matches_brute_force(k, temperature):
         for p in range(3):
             assert got[b, p].item() == pytest.approx(_brute_union_kl(s[b, p], t[b, p], min(k, 40), temperature),
                                                      abs=1e-6, rel=1e-6)
+
+
+@pytest.mark.parametrize("k, temperature, teacher_temperature", [(3, 1.0, 0.5), (40, 1.0, 0.7), (5, 2.0, 1.0)])
+def test_a_teacher_temperature_of_its_own_matches_brute_force(k, temperature, teacher_temperature):
+    """Only the teacher's logits are divided by it: below 1 the targets sharpen, the student stays put."""
+    s, t = _logits(2, 3, 40, seed=1), _logits(2, 3, 40, seed=2)
+    got = union_topk_forward_kl(s, t, k, temperature, teacher_temperature=teacher_temperature)
+    for b in range(2):
+        for p in range(3):
+            want = _brute_union_kl(s[b, p], t[b, p], k, temperature, teacher_temperature=teacher_temperature)
+            assert got[b, p].item() == pytest.approx(want, abs=1e-9, rel=1e-9)
+    assert not torch.allclose(got, union_topk_forward_kl(s, t, k, temperature))  # it changes the loss
+    scores = gather_scores(t, s.argmax(-1), torch.ones(2, 3, dtype=torch.bool), k, teacher_temperature,
+                           (s / temperature).topk(k, dim=-1).indices, full=False)
+    torch.testing.assert_close(union_topk_forward_kl_from_scores(s, scores, temperature=temperature), got,
+                               rtol=1e-6, atol=1e-6)
 
 
 def test_k_at_least_vocab_is_the_full_forward_kl():
@@ -200,3 +216,24 @@ def test_reverse_kl_is_nan_safe_at_unrepresentable_positions():
     assert torch.isfinite(loss).all() and loss[0, 1] == 0
     loss.sum().backward()
     assert torch.isfinite(logits.grad).all()
+
+
+@pytest.mark.parametrize("loss, temperature, teacher_temperature", [
+    ("union_topk_kl", 1.0, 0.5), ("union_topk_kl", 2.0, None), ("jsd", 2.0, None), ("jsd", 1.0, 0.5),
+])
+def test_the_recipes_loss_applies_each_temperature_where_the_config_says(loss, temperature, teacher_temperature):
+    """train/opd/step.py: the teacher scores at opd.teacher_T, the student's logits are divided by
+    opd.temperature; the same numbers as the reference loss given both full logits."""
+    from train.config import OPDConfig
+    from train.opd.step import ScoredTokens, distillation_loss
+
+    opd = OPDConfig(loss=loss, k=4, beta=0.3, temperature=temperature, teacher_temperature=teacher_temperature)
+    s, t = _logits(1, 6, 30, seed=10), _logits(1, 6, 30, seed=11)
+    tokens, mask = s.argmax(-1), torch.ones(1, 6, dtype=torch.bool)
+    scores = gather_scores(t, tokens, mask, opd.k, opd.teacher_T, (s / temperature).topk(opd.k, dim=-1).indices,
+                           full=loss == "jsd")
+    got = distillation_loss(s[0], ScoredTokens(tokens[0], None, scores.select(mask)), opd, None)
+    t_scaled = t * temperature / opd.teacher_T  # the reference divides both by `temperature`
+    want = (union_topk_forward_kl(s, t_scaled, opd.k, temperature) if loss == "union_topk_kl"
+            else generalized_jsd(s, t_scaled, opd.beta, temperature))
+    torch.testing.assert_close(got, want[0], rtol=1e-6, atol=1e-6)

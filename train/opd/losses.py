@@ -45,26 +45,30 @@ def _renormalised_forward_kl(student_logp_B_T_U, teacher_logp_B_T_U, keep_B_T_U,
 
 
 def union_topk_forward_kl(student_logits_B_T_V: torch.Tensor, teacher_logits_B_T_V: torch.Tensor, k: int,
-                          temperature: float = 1.0) -> torch.Tensor:
+                          temperature: float = 1.0, teacher_temperature: float | None = None) -> torch.Tensor:
     """The paper's loss: per position, U = top-k(student) ∪ top-k(teacher) of logits / T; both
-    distributions renormalised on U; T^2 * KL(teacher_U || student_U)."""
+    distributions renormalised on U; T^2 * KL(teacher_U || student_U). With `teacher_temperature`, the
+    teacher's logits are divided by that instead (U is the same: top-k does not depend on T)."""
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     k = min(k, student_logits_B_T_V.shape[-1])
+    t_temperature = temperature if teacher_temperature is None else teacher_temperature
     s_logp = torch.log_softmax(_up(student_logits_B_T_V) / temperature, dim=-1)
-    t_logp = torch.log_softmax(_up(teacher_logits_B_T_V) / temperature, dim=-1)
+    t_logp = torch.log_softmax(_up(teacher_logits_B_T_V) / t_temperature, dim=-1)
     ids = torch.cat([s_logp.detach().topk(k, dim=-1).indices, t_logp.topk(k, dim=-1).indices], dim=-1)
     keep = _first_occurrence(ids)
     return _renormalised_forward_kl(s_logp.gather(-1, ids), t_logp.gather(-1, ids), keep, temperature)
 
 
-def union_topk_forward_kl_from_scores(student_logits_B_T_V: torch.Tensor, scores) -> torch.Tensor:
+def union_topk_forward_kl_from_scores(student_logits_B_T_V: torch.Tensor, scores,
+                                      temperature: float | None = None) -> torch.Tensor:
     """`union_topk_forward_kl` from the teacher's gathered scores: U = the teacher's top-k (mapped
     into the student's vocabulary) ∪ the ids in `scores.extra_ids_B_T_E` (the student's top-k).
-    Teacher ids with no student equivalent (-1) and student ids the teacher lacks (-inf) drop out of U."""
+    Teacher ids with no student equivalent (-1) and student ids the teacher lacks (-inf) drop out of U.
+    The teacher's log-probs are at `scores.temperature`; the student's at `temperature` (default: the same)."""
     if scores.extra_ids_B_T_E is None:
         raise ValueError("the union loss needs the student's top-k ids scored by the teacher (extra_ids_B_T_E)")
-    temperature = scores.temperature
+    temperature = scores.temperature if temperature is None else temperature
     s_logp = torch.log_softmax(_up(student_logits_B_T_V) / temperature, dim=-1)
     ids = torch.cat([scores.extra_ids_B_T_E, scores.topk_ids_B_T_K], dim=-1)
     t = _up(torch.cat([scores.extra_logp_B_T_E, scores.topk_logp_B_T_K], dim=-1))

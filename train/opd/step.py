@@ -75,7 +75,7 @@ def collect(student, processor, teacher, batches: list[dict], opd: OPDConfig, on
         extra = ro.student_topk_ids_B_T_K
         if opd.loss == "union_topk_kl" and extra is None:  # reference transcripts: the student's top-k now
             extra = _student_topk(student, batch, ro, opd.k, chunk)
-        scores = teacher.score(batch, ro, extra_ids_B_T_E=extra, k=opd.k, temperature=opd.temperature,
+        scores = teacher.score(batch, ro, extra_ids_B_T_E=extra, k=opd.k, temperature=opd.teacher_T,
                                full=opd.loss == "jsd")
         out.append(MicroBatch(batch, ro, scores, use_policy))
     return out
@@ -114,11 +114,15 @@ def distillation_loss(logits_N_V: torch.Tensor, scored: ScoredTokens, opd: OPDCo
     """Per-token loss_N of the configured form (no normalisation here)."""
     scores = scored.scores
     if opd.loss == "union_topk_kl":
-        return union_topk_forward_kl_from_scores(logits_N_V, scores)
+        return union_topk_forward_kl_from_scores(logits_N_V, scores, temperature=opd.temperature)
     if opd.loss == "jsd":
         if scores.full_logp_B_T_V is None:
             raise ValueError("opd.loss=jsd needs the teacher's full-vocabulary log-probs (same vocabulary)")
-        return generalized_jsd(logits_N_V, scores.full_logp_B_T_V, opd.beta, temperature=1.0)
+        # The teacher's log-probs are at its temperature already (log_softmax leaves them as they are);
+        # the student's logits are divided by opd.temperature here, as generalized_jsd would divide both.
+        student = (logits_N_V if opd.temperature == 1.0  # at least float32 before dividing
+                   else logits_N_V.to(torch.promote_types(logits_N_V.dtype, torch.float32)) / opd.temperature)
+        return generalized_jsd(student, scores.full_logp_B_T_V, opd.beta, temperature=1.0)
     student_logp = token_logp(logits_N_V, scored.tokens_N, allowed_V)
     sampling = scored.sampling_logp_N if scored.sampling_logp_N is not None else student_logp.detach()
     return sampled_token_reverse_kl(student_logp, scores.sampled_logp_B_T, sampling)
