@@ -148,3 +148,17 @@ def test_an_lm_with_another_vocabulary_is_refused(tmp_path, tokenizer):
     with pytest.raises(ValueError, match=r"other: its tokenizer has 'hello' at id 0, the student's has '!'"):
         check_lm_tokenizer(tokenizer, str(tmp_path / "other"))
     assert check_lm_tokenizer(tokenizer, str(tmp_path)) == []  # an LM dir without a tokenizer: nothing to check
+
+
+def test_a_missing_tokenizer_folder_is_named_before_any_compute(tmp_path, monkeypatch):
+    """The toy models' vocabulary is a folder a stage makes (runs/toy/tokenizer): without it, the run
+    names the model config and the key, not transformers' 'repo id must be in the form ...'."""
+    text = (ROOT / "configs/models/toy_student.yaml").read_text()
+    model_yaml = tmp_path / "student.yaml"
+    model_yaml.write_text(text.replace("tokenizer: runs/toy/tokenizer", f"tokenizer: {tmp_path}/runs/toy/tokenizer"))
+    assert model_yaml.read_text() != text
+    cfg = load_config(SFTConfig, ROOT / "configs/toy/base.yaml", [f"student.model={model_yaml}"])
+    with pytest.raises(ConfigError, match=rf"student\.yaml: tokenizer=.*runs/toy/tokenizer: no such directory"):
+        student_model_config(cfg)
+    (tmp_path / "runs/toy/tokenizer").mkdir(parents=True)
+    assert student_model_config(cfg).tokenizer == f"{tmp_path}/runs/toy/tokenizer"

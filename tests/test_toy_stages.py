@@ -111,3 +111,30 @@ def test_toy_corpus_builds_what_is_asked_unless_current(tmp_path, args, current,
     want = f"data_recipes/toy_tts/prepare.py --out {data} --seed 0" + (" --pool-only" if args else "")
     assert builds == ([want] if runs else [])
     assert ("== corpus: done" in out) == (not runs)
+
+
+@pytest.mark.parametrize("starts, makes_tokenizer", [("base_1000 base", True), ("base td", False)])
+def test_toy_curves_makes_the_vocabulary_before_a_weaker_base_trains(tmp_path, starts, makes_tokenizer):
+    """A weaker base (base_N) trains with the model config's runs/toy/tokenizer, which only the reproduction
+    made: the sweep makes it first, before either lane starts (it was missing after 40 minutes, once)."""
+    import shutil
+
+    (tmp_path / "scripts").mkdir()
+    for name in ("toy_curves.sh", "stage.sh"):
+        shutil.copy(ROOT / "scripts" / name, tmp_path / "scripts" / name)
+    for model in ("teacher", "base", "td"):
+        (tmp_path / "checkpoints/toy" / model).mkdir(parents=True)
+        (tmp_path / "checkpoints/toy" / model / "model.safetensors").touch()
+    log = tmp_path / "calls"
+    fake = tmp_path / "python"  # every python step of the sweep: logs its arguments, does nothing
+    fake.write_text(f'#!/bin/bash\necho "$*" >> {log}\n')
+    fake.chmod(0o755)
+    env = {"PATH": "/usr/bin:/bin", "PYTHON": str(fake), "STARTS": starts, "BUDGETS": "300"}
+    subprocess.run(["bash", str(tmp_path / "scripts/toy_curves.sh")], env=env, capture_output=True, text=True,
+                   check=True)
+    calls = log.read_text().splitlines()
+    tokenizer = [i for i, c in enumerate(calls) if "train.models.char_tokenizer" in c]
+    training = [i for i, c in enumerate(calls) if c.startswith(("train/sft.py", "train/distill.py"))]
+    assert training and len(tokenizer) == int(makes_tokenizer)
+    if makes_tokenizer:
+        assert tokenizer[0] < min(training)

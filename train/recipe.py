@@ -66,6 +66,13 @@ def student_model_config(cfg: RunConfig) -> ModelConfig:
         if path and not (Path(path) / "config.json").is_file():
             raise ConfigError(f"{key}={path}: " + ("no such directory" if not Path(path).is_dir()
                                                    else "no config.json there (not a model directory)"))
+    tokenizer = model_cfg.tokenizer
+    # Not a folder here and not a hub id ("name" or "owner/name"): transformers would say only that the repo id
+    # is malformed. (With student.checkpoint, the checkpoint's own tokenizer is used.)
+    if not s.checkpoint and tokenizer and not Path(tokenizer).exists() and (
+            tokenizer.count("/") > 1 or tokenizer.startswith((".", "/"))):
+        raise ConfigError(f"{s.model}: tokenizer={tokenizer}: no such directory (the toy models' character "
+                          "vocabulary is made by python -m train.models.char_tokenizer, as scripts/reproduce_toy.sh does)")
     random = [] if s.checkpoint else frozen_random_parts(model_cfg)
     if random and not s.allow_random_frozen:
         raise ConfigError(f"student: {'; '.join(random)}. A frozen part left at random weights never learns and "
