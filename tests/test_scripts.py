@@ -48,11 +48,12 @@ def test_shipped_toy_checkpoints_are_what_the_demo_starts_from(tokenizer):
     cfg = load_config(DistillConfig, ROOT / "configs/distill/toy.yaml")
     assert (cfg.student.checkpoint, cfg.teacher.checkpoint) == ("checkpoints/toy/base", "checkpoints/toy/teacher")
     loaded = {}
-    for name in ("teacher", "base", "td", "opd"):
+    for name in ("teacher", "base", "td", "opd", "td_opd"):
         folder = ROOT / "checkpoints/toy" / name
         made_by = json.loads((folder / "MADE_BY.json").read_text())
         assert made_by["command"].startswith(("bash scripts/reproduce_toy.sh", "python train/")), name
-        assert made_by["config"] == f"configs/toy/{name}.yaml" and len(made_by["commit"]) == 40
+        config = "configs/toy/opd.yaml" if name == "td_opd" else f"configs/toy/{name}.yaml"  # OPD from the TD student
+        assert made_by["config"] == config and len(made_by["commit"]) == 40
         assert made_by["wall_seconds"] > 0
         assert not (folder / "rank_digests.json").exists()
         loaded[name] = load_student(folder)
@@ -62,7 +63,7 @@ def test_shipped_toy_checkpoints_are_what_the_demo_starts_from(tokenizer):
         return sum(p.numel() for p in model.parameters())
 
     assert size(teacher) > 2 * size(base)
-    for name in ("td", "opd"):  # the base student's shape, prompted with the language as in training
+    for name in ("td", "opd", "td_opd"):  # the base student's shape, prompted with the language as in training
         model, processor = loaded[name]
         assert size(model) == size(base) and processor.language_prompt is True
     text = transcribe(base, b_proc, make_clips([16000]), languages=["de"], max_new_tokens=8)
