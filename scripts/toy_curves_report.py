@@ -97,6 +97,8 @@ def plot(data: dict, start_updates: int, path: Path) -> bool:
         right.annotate(r["start"], (100 * data["starts"][r["start"]]["cer"], 100 * r["gap_closed"]["cer"]),
                        textcoords="offset points", xytext=(4, 4), fontsize=8)
     left.set_xscale("log", base=2)
+    left.set_xticks([r["updates"] for r in budget], [f"{r['updates']:,}" for r in budget])  # the budgets run
+    left.minorticks_off()
     left.set_xlabel("OPD student updates from the base (each its own cosine schedule)")
     left.set_title("OPD budget")
     right.set_xlabel(f"start's average test CER (%); OPD for {start_updates:,} updates")
