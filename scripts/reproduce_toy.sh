@@ -32,8 +32,7 @@ source scripts/stage.sh
 # Data: the 19-language toy corpus (cached), its training audio split into a labelled half
 # (base student) and an unlabelled pool (TD and OPD), and the character vocabulary.
 toy_corpus
-stage tokenizer "$RUNS/tokenizer/tokenizer.json" \
-  "$PY" -m train.models.char_tokenizer --manifest "$DATA/train.jsonl" --out "$RUNS/tokenizer"
+toy_tokenizer
 
 # The teacher (all labelled audio, larger) and the base student (the labelled half, smaller).
 stage teacher "$RUNS/teacher/final/model.safetensors" "$PY" train/sft.py --config configs/toy/teacher.yaml &

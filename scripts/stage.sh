@@ -29,6 +29,12 @@ stage() {
   echo $(( before + $(date +%s) - start )) > "$RUNS/wall_times/$name"
 }
 
+# toy_tokenizer: the toy models' character vocabulary (their model configs' runs/toy/tokenizer), one stage.
+toy_tokenizer() {
+  stage tokenizer "$RUNS/tokenizer/tokenizer.json" \
+    "$PY" -m train.models.char_tokenizer --manifest "$DATA/train.jsonl" --out "$RUNS/tokenizer"
+}
+
 # toy_corpus [--pool-only]: the 19-language toy corpus in $DATA (cached by its recipe), with the split of
 # its training audio into a labelled share and an unlabelled pool, as one timed stage. --pool-only leaves
 # out the labelled share's audio (about 40 % of the clips): OPD from the shipped base student reads none.

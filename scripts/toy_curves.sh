@@ -38,12 +38,9 @@ done
 require_shipped teacher base td
 mkdir -p "$CURVES/eval"
 toy_corpus
-# A weaker base trains with the recipe's character vocabulary (the model config's runs/toy/tokenizer, the
-# same stage as scripts/reproduce_toy.sh's), made here before either lane starts.
-if [[ " $STARTS " == *" base_"* ]]; then
-  stage tokenizer "$RUNS/tokenizer/tokenizer.json" \
-    "$PY" -m train.models.char_tokenizer --manifest "$DATA/train.jsonl" --out "$RUNS/tokenizer"
-fi
+# A weaker base trains with the recipe's character vocabulary (scripts/reproduce_toy.sh's stage), made here
+# before either lane starts.
+if [[ " $STARTS " == *" base_"* ]]; then toy_tokenizer; fi
 
 evaluate() {  # evaluate NAME MODEL_DIR
   stage "curves_eval_$1" "$CURVES/eval/$1.hyps.jsonl" "$PY" train/evaluate.py --model "$2" \
