@@ -82,6 +82,34 @@ def test_bad_config_fails_before_any_compute(tmp_path, data):
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
+def test_the_gkd_ramp_starts_off_policy_and_is_logged(tmp_path, data, tokenizer):
+    """opd.on_policy_ramp_steps: early steps learn from the transcripts, later ones from rollouts; every step
+    logs its lambda and the side it took. Without the ramp, lambda = 1 makes every step on-policy."""
+    steps = 6
+    main(parse_args(_overrides(tmp_path, *data, max_steps=steps, **{"opd.on_policy_ramp_steps": steps})))
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    logged = [m for m in logged if "loss" in m]
+    assert [m["gkd_lambda"] for m in logged] == pytest.approx([s / steps for s in range(1, steps)] + [1.0])
+    assert logged[-1]["on_policy"] == 1.0 and 0.0 in [m["on_policy"] for m in logged]
+    flat = main(parse_args(_overrides(tmp_path / "flat", *data, max_steps=2)))
+    assert flat["step"] == 2
+    flat_logged = [json.loads(line) for line in (tmp_path / "flat" / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["on_policy"] for m in flat_logged if "loss" in m] == [1.0, 1.0]
+
+
+def test_a_transcript_term_on_an_unlabelled_pool_is_refused_before_any_compute(tmp_path, data):
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps({k: v for k, v in json.loads(line).items() if k != "text"}) + "\n"
+                            for line in data[0].read_text().splitlines()))
+    for line in data[0].read_text().splitlines():  # the pool's audio, where its relative paths point
+        name = json.loads(line)["audio"]
+        (tmp_path / name).write_bytes((data[0].parent / name).read_bytes())
+    for key, value in (("opd.ce_weight", 0.1), ("opd.on_policy_fraction", 0.5)):
+        with pytest.raises(ConfigError, match=f"{key}: no clip of data.train .*pool.jsonl.* has a transcript"):
+            main(parse_args(_overrides(tmp_path, pool, data[1], **{key: value})))
+        assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
 def _final_params(run: Path) -> dict:
     return load_file(run / "final" / "model.safetensors")
 

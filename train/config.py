@@ -438,6 +438,8 @@ class OPDConfig:
     # GKD's lambda: share of steps on student samples vs reference transcripts (one coin per step, the
     # same on every rank)
     on_policy_fraction: float = 1.0
+    # lambda rises linearly from 0 to on_policy_fraction over these first steps (off- to on-policy); 0 = constant
+    on_policy_ramp_steps: int = 0
 
     def __post_init__(self):
         _require(self.loss in ("union_topk_kl", "jsd", "reverse_kl"), "opd.loss",
@@ -453,6 +455,10 @@ class OPDConfig:
         _require(self.ce_weight >= 0, "opd.ce_weight", f"must be >= 0, got {self.ce_weight}")
         _require(0 <= self.on_policy_fraction <= 1, "opd.on_policy_fraction",
                  f"must be in [0, 1], got {self.on_policy_fraction}")
+        _require(self.on_policy_ramp_steps >= 0, "opd.on_policy_ramp_steps",
+                 f"must be >= 0, got {self.on_policy_ramp_steps}")
+        _require(not self.on_policy_ramp_steps or self.on_policy_fraction > 0, "opd.on_policy_ramp_steps",
+                 "has no effect with opd.on_policy_fraction=0 (every step is off-policy): leave it at 0")
         # The sampled-token estimator is the reverse KL's gradient only in expectation over the
         # student's own samples; on greedy rollouts it pushes down the argmax token wherever the
         # student is surer than the teacher, and nothing explores (toy run: teacher-argmax

@@ -34,6 +34,7 @@ from train.config import (  # noqa: E402
 from train.data.loader import make_loader  # noqa: E402
 from train.models import build_student  # noqa: E402
 from train.engine import Engine  # noqa: E402
+from train.opd.gkd import check_reference_use, gkd_coin, gkd_lambda  # noqa: E402
 from train.opd.step import collect, update  # noqa: E402
 from train.recipe import (  # noqa: E402
     batches_forever,
@@ -90,14 +91,6 @@ def build_teacher(cfg: DistillConfig, student_processor, student_vocab_size: int
                              rows_per_forward=t.rows_per_forward)
 
 
-def gkd_coin(cfg: DistillConfig, step: int) -> bool:
-    """GKD's lambda: whether this step learns from the student's own samples. Drawn from the step
-    alone, so every rank takes the same side: under ZeRO-3 every forward is a collective, and ranks
-    that ran different numbers of forwards would wait on each other for ever."""
-    generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 1_009 + 17)
-    return torch.rand((), generator=generator).item() < cfg.opd.on_policy_fraction
-
-
 def main(cfg: DistillConfig) -> dict:
     model_cfg = student_model_config(cfg)  # every key and the precision checked before any compute
     accelerator = make_accelerator(cfg, model_cfg)
@@ -106,6 +99,7 @@ def main(cfg: DistillConfig) -> dict:
     set_seed(cfg.seed)
     ensure_toy_corpus(cfg, accelerator)
     manifests = read_run_manifests(cfg, accelerator)  # every manifest read and checked before any build
+    check_reference_use(cfg.opd, [s.path for s in cfg.data.train], *manifests.train, say=accelerator.print)
     run_dir = prepare_run_dir(cfg, accelerator)
 
     with no_zero3_init(accelerator, unless_asked=True):  # partitioned at build only with zero3_init_flag
@@ -138,7 +132,7 @@ def main(cfg: DistillConfig) -> dict:
             # Sampled rollouts are keyed by the step's seed and each clip's id, whatever the batch layout,
             # so a resumed run samples exactly what it would have.
             step_seed = cfg.seed * 1_000_003 + step * 1_009
-            on_policy = gkd_coin(cfg, step)
+            on_policy = gkd_coin(cfg.opd, cfg.seed, step)
             batches = next_batches(data, cfg.optim.grad_accum, skipped, step)
             micro = collect(accelerator.unwrap_model(engine.model), processor, teacher, batches, cfg.opd, on_policy,
                             step_seed, accelerator.device, all_done, chunk=cfg.optim.logits_chunk,
@@ -151,13 +145,21 @@ def main(cfg: DistillConfig) -> dict:
             nonfinite_run = nonfinite_run + 1 if stats["nonfinite"] else 0
             log.log(step, {**stats, **rollout_stats(micro, processor), "lr": lr,
                            "rollout_seconds": rolled - started, "step_seconds": time.perf_counter() - started,
-                           "skipped_files": skipped.total, "on_policy": float(on_policy)})
+                           "skipped_files": skipped.total, "on_policy": on_policy_share(micro),
+                           "gkd_lambda": gkd_lambda(cfg.opd, step)})
             stop_if_nonfinite(nonfinite_run, cfg, step, run_dir)
             evaluate_and_checkpoint(cfg, accelerator, run_dir, step, engine, processor, evaluator, sampler,
                                     last_batch, skipped)
             stop_if_preempted(preempt, cfg, accelerator, run_dir, step, engine, sampler, last_batch, evaluator,
                               skipped, log)
     return finish_run(cfg, accelerator, run_dir, step, engine, processor, evaluator, log, skipped, model_cfg)
+
+
+def on_policy_share(micro) -> float:
+    """The share of the step's micro-batches the student rolled out: the GKD coin's side, except that a
+    batch without transcripts is rolled out on an off-policy step too."""
+    rows = [mb for mb in micro if mb.rollout is not None]
+    return sum(mb.on_policy for mb in rows) / len(rows) if rows else 0.0
 
 
 def rollout_stats(micro, processor) -> dict:
