@@ -104,7 +104,8 @@ def test_a_transcript_term_on_an_unlabelled_pool_is_refused_before_any_compute(t
     for line in data[0].read_text().splitlines():  # the pool's audio, where its relative paths point
         name = json.loads(line)["audio"]
         (tmp_path / name).write_bytes((data[0].parent / name).read_bytes())
-    for key, value in (("opd.ce_weight", 0.1), ("opd.on_policy_fraction", 0.5)):
+    for key, value in (("opd.ce_weight", 0.1), ("opd.on_policy_fraction", 0.5),
+                       ("opd.on_policy_ramp_steps", 4)):
         with pytest.raises(ConfigError, match=f"{key}: no clip of data.train .*pool.jsonl.* has a transcript"):
             main(parse_args(_overrides(tmp_path, pool, data[1], **{key: value})))
         assert not (tmp_path / "run" / "metrics.jsonl").exists()

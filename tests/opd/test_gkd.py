@@ -43,8 +43,9 @@ def test_reading_transcripts_a_run_lacks_is_refused_or_said():
     pool, labelled = _utts([None, None, " "]), _utts(["a b", "c"])
     said = []
     check_reference_use(OPDConfig(), ["pool.jsonl"], pool, [3], [1.0], say=said.append)  # nothing asked
-    for opd, key in ((OPDConfig(ce_weight=0.1), "opd.ce_weight"), (OPDConfig(on_policy_fraction=0.5),
-                                                                     "opd.on_policy_fraction")):
+    for opd, key in ((OPDConfig(ce_weight=0.1), "opd.ce_weight"),
+                     (OPDConfig(on_policy_fraction=0.5), "opd.on_policy_fraction"),
+                     (OPDConfig(on_policy_ramp_steps=10), "opd.on_policy_ramp_steps")):
         with pytest.raises(ConfigError, match=f"{key}: no clip of data.train \\(pool.jsonl\\) has a transcript"):
             check_reference_use(opd, ["pool.jsonl"], pool, [3], [1.0], say=said.append)
         # A labelled source of weight 0 is never drawn from: still refused.

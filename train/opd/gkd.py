@@ -32,12 +32,14 @@ def gkd_coin(opd: OPDConfig, seed: int, step: int) -> bool:
 
 def check_reference_use(opd: OPDConfig, paths: Sequence[str], utterances: Sequence, sizes: Sequence[int],
                         weights: Sequence[float], say: Callable[[str], None] = print) -> None:
-    """`opd.ce_weight` and off-policy steps (`opd.on_policy_fraction` < 1) read the batch's transcripts. With
+    """`opd.ce_weight` and off-policy steps (`opd.on_policy_fraction` < 1, or a ramp from 0:
+    `opd.on_policy_ramp_steps`) read the batch's transcripts. With
     none among the train sources drawn from (weight > 0) they would do nothing: ConfigError, before any
     compute. With some missing, say how many: a batch holding one clip without a transcript has no
     labels, so its CE term is 0 and an off-policy step rolls it out on-policy (logged as `on_policy`)."""
     wants = [key for key, on in (("opd.ce_weight", opd.ce_weight > 0),
-                                 ("opd.on_policy_fraction", opd.on_policy_fraction < 1)) if on]
+                                 ("opd.on_policy_fraction", opd.on_policy_fraction < 1),
+                                 ("opd.on_policy_ramp_steps", opd.on_policy_ramp_steps > 0)) if on]
     if not wants:
         return
     total = labelled = 0
